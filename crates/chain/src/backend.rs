@@ -1,0 +1,60 @@
+//! The interface the network layer talks to, so another chain implementation can be plugged in.
+
+use playergold_primitives::{
+    Block, BlockHash, BlockHeader, Genesis, Height, TimestampMs, Transaction, TxId, Work,
+};
+
+use crate::chain::{ImportError, ImportOutcome, TxStatus};
+use crate::mempool::MempoolError;
+use crate::store::StoreError;
+
+/// Where the best chain ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChainTip {
+    /// Tip hash.
+    pub hash: BlockHash,
+    /// Tip height.
+    pub height: Height,
+    /// Cumulative work up to the tip.
+    pub cumulative_work: Work,
+    /// The tip's timestamp.
+    pub timestamp_ms: TimestampMs,
+}
+
+/// What the network layer (propagation, sync, the node's API) needs from a chain: read blocks,
+/// import blocks and transactions, report the tip. Implementations are internally synchronised.
+pub trait ChainBackend: Send + Sync + 'static {
+    /// The network's genesis.
+    fn genesis(&self) -> &Genesis;
+    /// Hash of the genesis block (the network identity checked in the sync handshake).
+    fn genesis_hash(&self) -> BlockHash;
+    /// The best tip.
+    fn tip(&self) -> ChainTip;
+    /// Whether a block is stored (or waiting as an orphan).
+    fn has_block(&self, hash: &BlockHash) -> bool;
+    /// A stored header.
+    fn header(&self, hash: &BlockHash) -> Result<Option<BlockHeader>, StoreError>;
+    /// A stored block.
+    fn block(&self, hash: &BlockHash) -> Result<Option<Block>, StoreError>;
+    /// Hash of the best-chain block at `height`.
+    fn hash_at(&self, height: Height) -> Option<BlockHash>;
+    /// A block locator for our best chain: recent hashes densely, then exponentially sparser,
+    /// ending at genesis.
+    fn block_locator(&self) -> Vec<BlockHash>;
+    /// Best-chain headers after the first locator hash we know, at most `max`.
+    fn headers_after(
+        &self,
+        locator: &[BlockHash],
+        max: usize,
+    ) -> Result<Vec<BlockHeader>, StoreError>;
+    /// Validates and imports a block (from a peer or our own producer).
+    fn import_block(&self, block: Block, now: TimestampMs) -> Result<ImportOutcome, ImportError>;
+    /// Validates and adds a transaction to the mempool.
+    fn submit_transaction(&self, tx: Transaction, now: TimestampMs) -> Result<TxId, MempoolError>;
+    /// A mempool transaction.
+    fn mempool_get(&self, id: &TxId) -> Option<Transaction>;
+    /// Whether a transaction is in the mempool.
+    fn mempool_contains(&self, id: &TxId) -> bool;
+    /// Whether a transaction is pending, included (and where) or unknown.
+    fn tx_status(&self, id: &TxId) -> Result<TxStatus, StoreError>;
+}

@@ -1,0 +1,709 @@
+//! [`Blockchain`]: the store, the in-memory block index, the orphan pool and the mempool behind
+//! one lock, implementing validation, fork choice and reorgs.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use playergold_primitives::{
+    Block, BlockHash, BlockHeader, Genesis, Height, Keypair, MAX_BLOCK_TXS, TimestampMs,
+    Transaction, TxId, Work, merkle_root,
+};
+
+use crate::backend::{ChainBackend, ChainTip};
+use crate::consensus::{Consensus, ConsensusError};
+use crate::fork_choice::{ForkKey, REPUTATION_WINDOW};
+use crate::mempool::{Mempool, MempoolConfig, MempoolError};
+use crate::orphans::OrphanPool;
+use crate::store::{BestChainUpdate, BlockEntry, ChainStore, StoreError};
+
+/// How far ahead of our clock a block's timestamp may be.
+pub const MAX_FUTURE_BLOCK_MS: u64 = 15_000;
+/// How many ancestors' timestamps make the median a new block must exceed (Bitcoin's 11).
+pub const MEDIAN_TIME_SPAN: usize = 11;
+
+/// Why a block was refused. [`ImportError::is_peer_fault`] tells the network layer whether the
+/// sender is to blame.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ImportError {
+    /// Our database failed: a local fault.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Height is not parent + 1.
+    #[error("block height {got} does not follow its parent's height (expected {expected})")]
+    BadHeight {
+        /// Parent height + 1.
+        expected: Height,
+        /// The block's height.
+        got: Height,
+    },
+    /// Timestamp not after the median of the last 11 blocks.
+    #[error(
+        "block timestamp {ts} is not after the median time {median} of its last {MEDIAN_TIME_SPAN} ancestors"
+    )]
+    TimestampTooOld {
+        /// The block's timestamp.
+        ts: TimestampMs,
+        /// The median it must exceed.
+        median: TimestampMs,
+    },
+    /// Timestamp too far ahead of our clock.
+    #[error(
+        "block timestamp {ts} is more than {MAX_FUTURE_BLOCK_MS} ms ahead of our clock ({now})"
+    )]
+    TimestampInFuture {
+        /// The block's timestamp.
+        ts: TimestampMs,
+        /// Our clock.
+        now: TimestampMs,
+    },
+    /// More transactions than a block may hold.
+    #[error("block holds {0} transactions, more than {MAX_BLOCK_TXS}")]
+    TooManyTxs(usize),
+    /// The merkle root does not match the transactions.
+    #[error("block tx_root does not match its transactions")]
+    BadTxRoot,
+    /// A signature (header or transaction) is invalid.
+    #[error("block has an invalid signature")]
+    BadSignature,
+    /// The consensus rule refuses the producer.
+    #[error(transparent)]
+    Consensus(#[from] ConsensusError),
+    /// A transaction appears twice in the block or is already on the block's branch.
+    #[error("transaction {0} is duplicated in the block or already on its branch")]
+    DuplicateTx(TxId),
+    /// A block at height 0 that is not our genesis.
+    #[error("block at height 0 is not this network's genesis")]
+    ForeignGenesis,
+}
+
+impl ImportError {
+    /// Whether the peer that sent the block is at fault (a penalty), as opposed to us.
+    pub fn is_peer_fault(&self) -> bool {
+        !matches!(self, ImportError::Store(_))
+    }
+
+    /// Whether the block could become valid later (a timestamp from the near future): the
+    /// sender should not be punished as for an invalid block.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, ImportError::TimestampInFuture { .. })
+    }
+}
+
+/// How a tip change looks: what left and joined the best chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TipChange {
+    /// The tip before.
+    pub old_tip: ChainTip,
+    /// The tip after.
+    pub new_tip: ChainTip,
+    /// Blocks that left the best chain, highest first (non-empty means a reorg).
+    pub removed: Vec<BlockHash>,
+    /// Blocks that joined the best chain, lowest first.
+    pub added: Vec<BlockHash>,
+}
+
+impl TipChange {
+    /// Whether blocks left the best chain.
+    pub fn is_reorg(&self) -> bool {
+        !self.removed.is_empty()
+    }
+}
+
+/// The result of importing a block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ImportOutcome {
+    /// We had it already.
+    AlreadyKnown,
+    /// Its parent is unknown; it waits in the orphan pool. Sync should fetch `missing`.
+    Orphan {
+        /// The block we need first (parent of the oldest orphan in this chain).
+        missing: BlockHash,
+    },
+    /// Stored, with any orphans it released.
+    Imported {
+        /// This block and the orphans connected after it, in order.
+        connected: Vec<BlockHash>,
+        /// Set when the best chain changed.
+        tip_change: Option<TipChange>,
+    },
+}
+
+/// Where a transaction is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxStatus {
+    /// In the mempool.
+    Pending,
+    /// In a best-chain block.
+    Included {
+        /// The block.
+        block: BlockHash,
+        /// Its height.
+        height: Height,
+    },
+    /// Neither.
+    Unknown,
+}
+
+/// Chain settings.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ChainConfig {
+    /// Mempool bounds.
+    pub mempool: MempoolConfig,
+}
+
+struct State {
+    index: HashMap<BlockHash, BlockEntry>,
+    /// Best chain by height; `best_chain[h]` is the hash at height `h`.
+    best_chain: Vec<BlockHash>,
+    orphans: OrphanPool,
+    mempool: Mempool,
+}
+
+impl State {
+    fn tip(&self) -> ChainTip {
+        // The best chain always holds at least genesis.
+        let hash = *self.best_chain.last().expect("best chain holds genesis");
+        self.tip_of(hash)
+    }
+
+    fn tip_of(&self, hash: BlockHash) -> ChainTip {
+        let e = &self.index[&hash];
+        ChainTip {
+            hash,
+            height: e.height,
+            cumulative_work: e.cumulative_work,
+            timestamp_ms: e.timestamp_ms,
+        }
+    }
+
+    fn is_on_best(&self, hash: &BlockHash) -> bool {
+        self.index
+            .get(hash)
+            .is_some_and(|e| self.best_chain.get(e.height.0 as usize) == Some(hash))
+    }
+
+    fn median_time(&self, parent: BlockHash) -> TimestampMs {
+        let mut times = Vec::with_capacity(MEDIAN_TIME_SPAN);
+        let mut h = parent;
+        while times.len() < MEDIAN_TIME_SPAN {
+            let Some(e) = self.index.get(&h) else { break };
+            times.push(e.timestamp_ms);
+            if e.height.0 == 0 {
+                break;
+            }
+            h = e.parent;
+        }
+        times.sort_unstable();
+        times[times.len() / 2]
+    }
+
+    /// Blocks `producer` made among the `REPUTATION_WINDOW` blocks ending at `from`.
+    fn producer_reputation(&self, entry: &BlockEntry) -> u64 {
+        let mut count = 0;
+        let mut h = entry.parent;
+        for _ in 0..REPUTATION_WINDOW {
+            let Some(e) = self.index.get(&h) else { break };
+            if e.producer == entry.producer && e.height.0 > 0 {
+                count += 1;
+            }
+            if e.height.0 == 0 {
+                break;
+            }
+            h = e.parent;
+        }
+        count
+    }
+
+    /// Whether a new tip `(hash, entry)` beats the current best.
+    fn beats_best(&self, hash: BlockHash, entry: &BlockEntry) -> bool {
+        let best_hash = *self.best_chain.last().expect("best chain holds genesis");
+        let best = &self.index[&best_hash];
+        let key = |hash, e: &BlockEntry, reputation| ForkKey {
+            work: e.cumulative_work,
+            timestamp_ms: e.timestamp_ms,
+            producer_reputation: reputation,
+            hash,
+        };
+        let (new, old) = (key(hash, entry, 0), key(best_hash, best, 0));
+        if (new.work, new.timestamp_ms) != (old.work, old.timestamp_ms) {
+            return new > old;
+        }
+        // Exact tie in work and time: the chain-derived producer reputation decides.
+        key(hash, entry, self.producer_reputation(entry))
+            > key(best_hash, best, self.producer_reputation(best))
+    }
+}
+
+/// A chain: store + index + orphans + mempool, behind one lock. Implements [`ChainBackend`].
+pub struct Blockchain {
+    genesis: Genesis,
+    genesis_hash: BlockHash,
+    consensus: Arc<dyn Consensus>,
+    store: ChainStore,
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for Blockchain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Blockchain")
+            .field("network", &self.genesis.network)
+            .field("tip", &self.state.lock().tip())
+            .finish()
+    }
+}
+
+impl Blockchain {
+    /// Opens (or creates) the chain database at `path` for `genesis`.
+    pub fn open(
+        path: &Path,
+        genesis: Genesis,
+        consensus: Arc<dyn Consensus>,
+        config: ChainConfig,
+    ) -> Result<Blockchain, StoreError> {
+        let genesis_block = genesis.block();
+        let store = ChainStore::open(path, &genesis_block)?;
+        let index: HashMap<_, _> = store.load_entries()?.into_iter().collect();
+        let best_chain = store.load_best_chain()?;
+        let best = store.best()?;
+        if best_chain.last() != Some(&best) || best_chain.iter().any(|h| !index.contains_key(h)) {
+            return Err(StoreError::Corrupt(
+                "best chain index disagrees with the stored tip".into(),
+            ));
+        }
+        Ok(Blockchain {
+            genesis_hash: genesis_block.hash(),
+            genesis,
+            consensus,
+            store,
+            state: Mutex::new(State {
+                index,
+                best_chain,
+                orphans: OrphanPool::new(),
+                mempool: Mempool::new(config.mempool),
+            }),
+        })
+    }
+
+    /// The underlying store (for the network layer's auxiliary records).
+    pub fn store(&self) -> &ChainStore {
+        &self.store
+    }
+
+    /// The consensus rule.
+    pub fn consensus(&self) -> &Arc<dyn Consensus> {
+        &self.consensus
+    }
+
+    /// Number of mempool transactions.
+    pub fn mempool_len(&self) -> usize {
+        self.state.lock().mempool.len()
+    }
+
+    /// Number of orphan blocks waiting for a parent.
+    pub fn orphan_count(&self) -> usize {
+        self.state.lock().orphans.len()
+    }
+
+    /// When `key` may next produce on the current tip, if it is a producer at all.
+    pub fn next_production_time(&self, key: &Keypair, now: TimestampMs) -> Option<TimestampMs> {
+        let tip = self.tip();
+        let parent = self.store.header(&tip.hash).ok()??;
+        self.consensus
+            .next_production_time(&key.public(), &parent, now)
+    }
+
+    /// The fork-choice key of a stored block, as fork choice computes it.
+    pub fn fork_key(&self, hash: &BlockHash) -> Option<ForkKey> {
+        let st = self.state.lock();
+        let e = st.index.get(hash)?;
+        Some(ForkKey {
+            work: e.cumulative_work,
+            timestamp_ms: e.timestamp_ms,
+            producer_reputation: st.producer_reputation(e),
+            hash: *hash,
+        })
+    }
+
+    /// Builds and signs a block on the current tip at `timestamp` with the highest-fee mempool
+    /// transactions (at most `max_txs`). The caller imports it.
+    pub fn build_block(&self, key: &Keypair, timestamp: TimestampMs, max_txs: usize) -> Block {
+        let st = self.state.lock();
+        let tip = st.tip();
+        let txs = st.mempool.select(
+            max_txs.min(MAX_BLOCK_TXS),
+            // Leave room for the header within the block byte limit.
+            playergold_primitives::MAX_BLOCK_BYTES - playergold_primitives::MAX_HEADER_BYTES,
+        );
+        Block::build(key, tip.hash, Height(tip.height.0 + 1), timestamp, txs)
+    }
+
+    fn parent_header(&self, block: &Block) -> Result<BlockHeader, ImportError> {
+        self.store
+            .header(&block.header.parent)?
+            .ok_or_else(|| StoreError::Corrupt("indexed parent has no header".into()).into())
+    }
+
+    /// Full validation of `block` against its (known) parent. Returns the tx ids and the work.
+    fn validate(
+        &self,
+        st: &State,
+        block: &Block,
+        now: TimestampMs,
+    ) -> Result<(Vec<TxId>, Work), ImportError> {
+        let header = &block.header;
+        let parent = &st.index[&header.parent];
+        let expected = Height(parent.height.0 + 1);
+        if header.height != expected {
+            return Err(ImportError::BadHeight {
+                expected,
+                got: header.height,
+            });
+        }
+        let median = st.median_time(header.parent);
+        if header.timestamp_ms <= median {
+            return Err(ImportError::TimestampTooOld {
+                ts: header.timestamp_ms,
+                median,
+            });
+        }
+        if header.timestamp_ms.0 > now.0.saturating_add(MAX_FUTURE_BLOCK_MS) {
+            return Err(ImportError::TimestampInFuture {
+                ts: header.timestamp_ms,
+                now,
+            });
+        }
+        if block.txs.len() > MAX_BLOCK_TXS {
+            return Err(ImportError::TooManyTxs(block.txs.len()));
+        }
+        let work = self
+            .consensus
+            .check_header(header, &self.parent_header(block)?)?;
+        let ids = block.tx_ids();
+        if merkle_root(&ids) != header.tx_root {
+            return Err(ImportError::BadTxRoot);
+        }
+        self.check_no_duplicates(st, block, &ids)?;
+        block
+            .verify_signatures(&ids)
+            .map_err(|_| ImportError::BadSignature)?;
+        Ok((ids, work))
+    }
+
+    /// No tx twice in the block, and none already on the block's branch.
+    fn check_no_duplicates(
+        &self,
+        st: &State,
+        block: &Block,
+        ids: &[TxId],
+    ) -> Result<(), ImportError> {
+        let mut seen = HashSet::with_capacity(ids.len());
+        for id in ids {
+            if !seen.insert(*id) {
+                return Err(ImportError::DuplicateTx(*id));
+            }
+        }
+        if ids.is_empty() {
+            return Ok(());
+        }
+        // Walk the side branch (if any) down to the best chain, collecting its txs.
+        let mut fork = block.header.parent;
+        while !st.is_on_best(&fork) {
+            let body = self
+                .store
+                .body(&fork)?
+                .ok_or_else(|| StoreError::Corrupt(format!("block {fork} has no body")))?;
+            if let Some(t) = body.iter().map(Transaction::id).find(|t| seen.contains(t)) {
+                return Err(ImportError::DuplicateTx(t));
+            }
+            fork = st.index[&fork].parent;
+        }
+        let fork_height = st.index[&fork].height;
+        for (id, in_block) in self.store.txs_in_best_chain(ids)? {
+            if st
+                .index
+                .get(&in_block)
+                .is_some_and(|e| e.height <= fork_height)
+            {
+                return Err(ImportError::DuplicateTx(id));
+            }
+        }
+        Ok(())
+    }
+
+    /// Validates, stores and (if it wins fork choice) adopts one block whose parent is known.
+    fn connect(
+        &self,
+        st: &mut State,
+        block: &Block,
+        hash: BlockHash,
+        now: TimestampMs,
+    ) -> Result<Option<TipChange>, ImportError> {
+        let (ids, work) = self.validate(st, block, now)?;
+        let parent = &st.index[&block.header.parent];
+        let entry = BlockEntry {
+            parent: block.header.parent,
+            height: block.header.height,
+            timestamp_ms: block.header.timestamp_ms,
+            producer: block.header.producer,
+            cumulative_work: parent.cumulative_work.saturating_add(work),
+        };
+        if !st.beats_best(hash, &entry) {
+            self.store
+                .commit_block(block, &hash, &entry, &BestChainUpdate::default())?;
+            st.index.insert(hash, entry);
+            return Ok(None);
+        }
+        let old_tip = st.tip();
+        // The new branch, from just above the fork point up to the new block.
+        let mut branch = vec![hash];
+        let mut fork = block.header.parent;
+        while !st.is_on_best(&fork) {
+            branch.push(fork);
+            fork = st.index[&fork].parent;
+        }
+        branch.reverse();
+        let fork_height = st.index[&fork].height.0 as usize;
+        let removed_hashes: Vec<BlockHash> = st.best_chain[fork_height + 1..]
+            .iter()
+            .rev()
+            .copied()
+            .collect();
+        let mut removed_bodies = Vec::with_capacity(removed_hashes.len());
+        for h in &removed_hashes {
+            let txs = self
+                .store
+                .body(h)?
+                .ok_or_else(|| StoreError::Corrupt(format!("block {h} has no body")))?;
+            let ids: Vec<TxId> = txs.iter().map(Transaction::id).collect();
+            removed_bodies.push((st.index[h].height, txs, ids));
+        }
+        let mut added_ids = Vec::with_capacity(branch.len());
+        for h in &branch[..branch.len() - 1] {
+            let txs = self
+                .store
+                .body(h)?
+                .ok_or_else(|| StoreError::Corrupt(format!("block {h} has no body")))?;
+            added_ids.push((
+                *h,
+                st.index[h].height,
+                txs.iter().map(Transaction::id).collect(),
+            ));
+        }
+        added_ids.push((hash, entry.height, ids));
+        let update = BestChainUpdate {
+            removed: removed_bodies
+                .iter()
+                .map(|(height, _, ids)| (*height, ids.as_slice()))
+                .collect(),
+            added: added_ids
+                .iter()
+                .map(|(h, height, ids): &(BlockHash, Height, Vec<TxId>)| {
+                    (*h, *height, ids.as_slice())
+                })
+                .collect(),
+            new_best: Some(hash),
+        };
+        self.store.commit_block(block, &hash, &entry, &update)?;
+        // Committed: now mirror it in memory.
+        st.index.insert(hash, entry);
+        st.best_chain.truncate(fork_height + 1);
+        st.best_chain.extend(branch.iter().copied());
+        let included: HashSet<TxId> = added_ids
+            .iter()
+            .flat_map(|(_, _, ids)| ids.iter().copied())
+            .collect();
+        for id in &included {
+            st.mempool.remove(id);
+        }
+        let returned: Vec<Transaction> = removed_bodies
+            .into_iter()
+            .flat_map(|(_, txs, _)| txs)
+            .filter(|t| !included.contains(&t.id()))
+            .collect();
+        st.mempool.reinsert(returned);
+        Ok(Some(TipChange {
+            old_tip,
+            new_tip: st.tip(),
+            removed: removed_hashes,
+            added: branch,
+        }))
+    }
+
+    fn merge_tip_change(total: &mut Option<TipChange>, next: TipChange) {
+        match total {
+            None => *total = Some(next),
+            Some(t) => {
+                // Blocks added earlier in this call and now removed cancel out.
+                for r in &next.removed {
+                    if let Some(pos) = t.added.iter().position(|a| a == r) {
+                        t.added.remove(pos);
+                    } else {
+                        t.removed.push(*r);
+                    }
+                }
+                t.added.extend(next.added);
+                t.new_tip = next.new_tip;
+            }
+        }
+    }
+}
+
+impl ChainBackend for Blockchain {
+    fn genesis(&self) -> &Genesis {
+        &self.genesis
+    }
+
+    fn genesis_hash(&self) -> BlockHash {
+        self.genesis_hash
+    }
+
+    fn tip(&self) -> ChainTip {
+        self.state.lock().tip()
+    }
+
+    fn has_block(&self, hash: &BlockHash) -> bool {
+        let st = self.state.lock();
+        st.index.contains_key(hash) || st.orphans.contains(hash)
+    }
+
+    fn header(&self, hash: &BlockHash) -> Result<Option<BlockHeader>, StoreError> {
+        self.store.header(hash)
+    }
+
+    fn block(&self, hash: &BlockHash) -> Result<Option<Block>, StoreError> {
+        self.store.block(hash)
+    }
+
+    fn hash_at(&self, height: Height) -> Option<BlockHash> {
+        self.state.lock().best_chain.get(height.0 as usize).copied()
+    }
+
+    fn block_locator(&self) -> Vec<BlockHash> {
+        let st = self.state.lock();
+        let mut out = Vec::new();
+        let mut height = st.best_chain.len() - 1;
+        let mut step = 1;
+        loop {
+            out.push(st.best_chain[height]);
+            if height == 0 {
+                break;
+            }
+            if out.len() >= 10 {
+                step *= 2;
+            }
+            height = height.saturating_sub(step);
+        }
+        out
+    }
+
+    fn headers_after(
+        &self,
+        locator: &[BlockHash],
+        max: usize,
+    ) -> Result<Vec<BlockHeader>, StoreError> {
+        let hashes: Vec<BlockHash> = {
+            let st = self.state.lock();
+            let start = locator
+                .iter()
+                .find(|h| st.is_on_best(h))
+                .map(|h| st.index[h].height.0 as usize + 1)
+                .unwrap_or(0);
+            st.best_chain
+                .iter()
+                .skip(start)
+                .take(max)
+                .copied()
+                .collect()
+        };
+        let mut out = Vec::with_capacity(hashes.len());
+        for h in &hashes {
+            match self.store.header(h)? {
+                Some(header) => out.push(header),
+                None => return Err(StoreError::Corrupt(format!("best block {h} has no header"))),
+            }
+        }
+        Ok(out)
+    }
+
+    fn import_block(&self, block: Block, now: TimestampMs) -> Result<ImportOutcome, ImportError> {
+        let hash = block.hash();
+        let mut st = self.state.lock();
+        if st.index.contains_key(&hash) {
+            return Ok(ImportOutcome::AlreadyKnown);
+        }
+        if block.header.height.0 == 0 {
+            return Err(ImportError::ForeignGenesis);
+        }
+        if !st.index.contains_key(&block.header.parent) {
+            let bytes = playergold_primitives::codec::encoded_len(&block);
+            st.orphans.insert(block, bytes, now);
+            let missing = st.orphans.root_of(&hash).unwrap_or_default();
+            return Ok(ImportOutcome::Orphan { missing });
+        }
+        let mut tip_change = self.connect(&mut st, &block, hash, now)?;
+        let mut connected = vec![hash];
+        // Connect orphans waiting on what we just stored, breadth first.
+        let mut frontier = vec![hash];
+        while let Some(parent) = frontier.pop() {
+            for child in st.orphans.take_children(&parent) {
+                let child_hash = child.hash();
+                match self.connect(&mut st, &child, child_hash, now) {
+                    Ok(change) => {
+                        connected.push(child_hash);
+                        frontier.push(child_hash);
+                        if let Some(c) = change {
+                            Self::merge_tip_change(&mut tip_change, c);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(block = %child_hash, error = %e, "orphan failed validation");
+                    }
+                }
+            }
+        }
+        Ok(ImportOutcome::Imported {
+            connected,
+            tip_change,
+        })
+    }
+
+    fn submit_transaction(&self, tx: Transaction, now: TimestampMs) -> Result<TxId, MempoolError> {
+        let id = tx.id();
+        if self.store.tx_block(&id).ok().flatten().is_some() {
+            return Err(MempoolError::AlreadyIncluded(id));
+        }
+        self.state.lock().mempool.insert(tx, now)?;
+        Ok(id)
+    }
+
+    fn mempool_get(&self, id: &TxId) -> Option<Transaction> {
+        self.state.lock().mempool.get(id).cloned()
+    }
+
+    fn mempool_contains(&self, id: &TxId) -> bool {
+        self.state.lock().mempool.contains(id)
+    }
+
+    fn tx_status(&self, id: &TxId) -> Result<TxStatus, StoreError> {
+        if let Some(block) = self.store.tx_block(id)? {
+            let height = self
+                .state
+                .lock()
+                .index
+                .get(&block)
+                .map(|e| e.height)
+                .ok_or_else(|| {
+                    StoreError::Corrupt(format!("tx index names unknown block {block}"))
+                })?;
+            return Ok(TxStatus::Included { block, height });
+        }
+        if self.mempool_contains(id) {
+            return Ok(TxStatus::Pending);
+        }
+        Ok(TxStatus::Unknown)
+    }
+}

@@ -1,0 +1,243 @@
+//! Block validation and import paths.
+
+use playergold_chain::{ChainBackend, ConsensusError, ImportError, ImportOutcome, TxStatus};
+use playergold_primitives::{Amount, Block, Height, TimestampMs};
+
+use crate::support::{Devnet, SLOT_MS, now, tx};
+
+#[test]
+fn valid_blocks_extend_the_chain_and_survive_reopen() {
+    let net = Devnet::new(3);
+    let chain = net.open("a.redb");
+    let genesis = net.genesis.block().header;
+    let b1 = net.child(&genesis, 1, vec![tx(1, 0, 5), tx(2, 0, 6)]);
+    let b2 = net.child(&b1.header, 1, vec![tx(1, 1, 5)]);
+    for b in [&b1, &b2] {
+        let out = chain.import_block(b.clone(), now()).expect("valid");
+        assert!(matches!(
+            out,
+            ImportOutcome::Imported {
+                tip_change: Some(_),
+                ..
+            }
+        ));
+    }
+    assert_eq!(chain.tip().height, Height(2));
+    assert_eq!(
+        chain.import_block(b2.clone(), now()).expect("known"),
+        ImportOutcome::AlreadyKnown
+    );
+    assert_eq!(
+        chain.tx_status(&tx(1, 1, 5).id()).expect("store"),
+        TxStatus::Included {
+            block: b2.hash(),
+            height: Height(2)
+        }
+    );
+    drop(chain);
+    let reopened = net.open("a.redb");
+    assert_eq!(reopened.tip().hash, b2.hash());
+    assert_eq!(
+        reopened.store().verify_consistency().expect("consistent"),
+        Height(2)
+    );
+    assert_eq!(reopened.block(&b1.hash()).expect("store"), Some(b1));
+}
+
+#[test]
+fn invalid_blocks_are_refused_with_the_right_reason() {
+    let net = Devnet::new(3);
+    let chain = net.open("a.redb");
+    let g = net.genesis.block().header;
+    let good = net.child(&g, 1, vec![tx(1, 0, 5)]);
+
+    // Wrong height.
+    let (key, ts) = net.slot_after(&g, 1);
+    let bad = Block::build(key, g.hash(), Height(5), ts, vec![]);
+    assert!(matches!(
+        chain.import_block(bad, now()),
+        Err(ImportError::BadHeight { .. })
+    ));
+    // Wrong producer for the slot.
+    let (_, ts) = net.slot_after(&g, 1);
+    let wrong_key = &net.keys[(((ts.0 / SLOT_MS) + 1) % 3) as usize];
+    let bad = Block::build(wrong_key, g.hash(), Height(1), ts, vec![]);
+    assert!(matches!(
+        chain.import_block(bad, now()),
+        Err(ImportError::Consensus(ConsensusError::WrongProducer { .. }))
+    ));
+    // Timestamp far in the future.
+    let far = net.child(&g, 1_000_000_000, vec![]);
+    let err = chain.import_block(far, now()).expect_err("future");
+    assert!(matches!(err, ImportError::TimestampInFuture { .. }) && err.is_transient());
+    // A tampered transaction: signatures fail (the merkle root is recomputed to match).
+    let mut tampered = good.clone();
+    tampered.txs[0].amount = Amount(999);
+    let (key, ts) = net.slot_after(&g, 1);
+    let tampered = Block::build(key, g.hash(), Height(1), ts, tampered.txs);
+    assert!(matches!(
+        chain.import_block(tampered, now()),
+        Err(ImportError::BadSignature)
+    ));
+    // tx_root that does not match.
+    let mut bad_root = good.clone();
+    bad_root.txs.push(tx(9, 9, 9));
+    assert!(matches!(
+        chain.import_block(bad_root, now()),
+        Err(ImportError::BadTxRoot)
+    ));
+    // Duplicate tx inside one block.
+    let dup = net.child(&g, 1, vec![tx(1, 0, 5), tx(1, 0, 5)]);
+    assert!(matches!(
+        chain.import_block(dup, now()),
+        Err(ImportError::DuplicateTx(_))
+    ));
+    // None of these changed anything; the good block still imports.
+    assert_eq!(chain.tip().height, Height(0));
+    chain.import_block(good.clone(), now()).expect("valid");
+    // Same tx again later on the same branch.
+    let replay = net.child(&good.header, 1, vec![tx(1, 0, 5)]);
+    assert!(matches!(
+        chain.import_block(replay, now()),
+        Err(ImportError::DuplicateTx(_))
+    ));
+    // A block in the same slot as its parent, and one not after the median time.
+    let same_slot = Block::build(
+        &net.keys[((good.header.timestamp_ms.0 / SLOT_MS) % 3) as usize],
+        good.hash(),
+        Height(2),
+        TimestampMs(good.header.timestamp_ms.0 + 1),
+        vec![],
+    );
+    assert!(chain.import_block(same_slot, now()).is_err());
+    assert_eq!(chain.tip().hash, good.hash());
+    assert!(matches!(
+        chain.import_block(net.genesis.block(), now()),
+        Ok(ImportOutcome::AlreadyKnown)
+    ));
+}
+
+#[test]
+fn a_tx_on_a_side_branch_may_appear_on_the_other_branch() {
+    let net = Devnet::new(3);
+    let chain = net.open("a.redb");
+    let g = net.genesis.block().header;
+    let a1 = net.child(&g, 1, vec![tx(1, 0, 5)]);
+    let b1 = net.child(&g, 2, vec![tx(1, 0, 5)]);
+    chain.import_block(a1.clone(), now()).expect("a1");
+    chain
+        .import_block(b1.clone(), now())
+        .expect("b1 on a side branch");
+    // Extending b with the same tx again is a duplicate on b's branch.
+    let b2 = net.child(&b1.header, 1, vec![tx(1, 0, 5)]);
+    assert!(matches!(
+        chain.import_block(b2, now()),
+        Err(ImportError::DuplicateTx(_))
+    ));
+    // Equal work (1 each): the earlier timestamp, a1, stays best.
+    assert_eq!(chain.tip().hash, a1.hash());
+}
+
+#[test]
+fn orphans_connect_when_their_parent_arrives() {
+    let net = Devnet::new(2);
+    let chain = net.open("a.redb");
+    let g = net.genesis.block().header;
+    let b1 = net.child(&g, 1, vec![]);
+    let b2 = net.child(&b1.header, 1, vec![]);
+    let b3 = net.child(&b2.header, 1, vec![]);
+    // b3 alone: its parent b2 is missing. With b2 too, the missing link is b1.
+    assert_eq!(
+        chain.import_block(b3.clone(), now()).expect("orphan"),
+        ImportOutcome::Orphan { missing: b2.hash() }
+    );
+    assert_eq!(
+        chain.import_block(b2.clone(), now()).expect("orphan"),
+        ImportOutcome::Orphan { missing: b1.hash() }
+    );
+    assert_eq!(chain.orphan_count(), 2);
+    match chain.import_block(b1.clone(), now()).expect("connects") {
+        ImportOutcome::Imported {
+            connected,
+            tip_change: Some(change),
+        } => {
+            assert_eq!(connected, vec![b1.hash(), b2.hash(), b3.hash()]);
+            assert_eq!(change.added, vec![b1.hash(), b2.hash(), b3.hash()]);
+            assert!(!change.is_reorg());
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(chain.tip().hash, b3.hash());
+    assert_eq!(chain.orphan_count(), 0);
+}
+
+#[test]
+fn reorg_returns_transactions_to_the_mempool() {
+    let net = Devnet::new(3);
+    let chain = net.open("a.redb");
+    let g = net.genesis.block().header;
+    let t_a = tx(1, 0, 5);
+    let t_common = tx(2, 0, 5);
+    chain
+        .submit_transaction(t_a.clone(), now())
+        .expect("mempool");
+    chain
+        .submit_transaction(t_common.clone(), now())
+        .expect("mempool");
+    let a1 = net.child(&g, 1, vec![t_a.clone(), t_common.clone()]);
+    chain.import_block(a1.clone(), now()).expect("a1");
+    assert_eq!(chain.mempool_len(), 0);
+    // A heavier branch (2 blocks) that includes only t_common.
+    let b1 = net.child(&g, 2, vec![t_common.clone()]);
+    let b2 = net.child(&b1.header, 1, vec![]);
+    chain.import_block(b1.clone(), now()).expect("b1");
+    match chain.import_block(b2.clone(), now()).expect("b2") {
+        ImportOutcome::Imported {
+            tip_change: Some(change),
+            ..
+        } => {
+            assert_eq!(change.removed, vec![a1.hash()]);
+            assert_eq!(change.added, vec![b1.hash(), b2.hash()]);
+        }
+        other => panic!("expected a reorg, got {other:?}"),
+    }
+    assert!(chain.mempool_contains(&t_a.id()), "t_a came back");
+    assert!(
+        !chain.mempool_contains(&t_common.id()),
+        "t_common is on the new branch"
+    );
+    assert_eq!(
+        chain.tx_status(&t_a.id()).expect("store"),
+        TxStatus::Pending
+    );
+    assert!(matches!(
+        chain.tx_status(&t_common.id()).expect("store"),
+        TxStatus::Included { block, .. } if block == b1.hash()
+    ));
+    assert_eq!(
+        chain.store().verify_consistency().expect("consistent"),
+        Height(2)
+    );
+}
+
+#[test]
+fn locator_and_headers_after() {
+    let net = Devnet::new(1);
+    let chain = net.open("a.redb");
+    let mut parent = net.genesis.block().header;
+    for _ in 0..40 {
+        let b = net.child(&parent, 1, vec![]);
+        chain.import_block(b.clone(), now()).expect("valid");
+        parent = b.header;
+    }
+    let locator = chain.block_locator();
+    assert_eq!(locator[0], chain.tip().hash);
+    assert_eq!(*locator.last().expect("non-empty"), chain.genesis_hash());
+    assert!(locator.len() < 20);
+    let h10 = chain.hash_at(Height(10)).expect("height 10");
+    let headers = chain.headers_after(&[h10], 5).expect("store");
+    assert_eq!(
+        headers.iter().map(|h| h.height.0).collect::<Vec<_>>(),
+        vec![11, 12, 13, 14, 15]
+    );
+}

@@ -1,0 +1,5 @@
+//! Integration tests of the chain: validation, orphans, fork choice, reorgs, mempool.
+
+mod import;
+mod reorg;
+mod support;

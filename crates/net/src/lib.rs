@@ -1,0 +1,1 @@
+//! PlayerGold networking: transports, identity, connection management (in progress, issue 3).
