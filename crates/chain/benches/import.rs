@@ -6,7 +6,8 @@
 //! `verify_batch` over each block's 1 + txs signatures with messages precomputed; "import" is
 //! `Blockchain::import_block` (hashing, merkle root, consensus, duplicate check against the tx
 //! index, batched signatures, one durable redb commit per block) into a fresh database.
-//! Prints a table; the goal is import >= 0.8x raw.
+//! "batched import" is the same through `import_blocks`, `--batch` blocks per durable commit, as
+//! sync imports downloaded blocks. Prints a table; the goal is import >= 0.8x raw.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,6 +25,7 @@ struct Args {
     blocks: u64,
     txs: u64,
     rounds: usize,
+    batch: usize,
 }
 
 fn parse_args() -> Args {
@@ -31,6 +33,7 @@ fn parse_args() -> Args {
         blocks: 20,
         txs: 1_000,
         rounds: 3,
+        batch: 16,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -39,6 +42,7 @@ fn parse_args() -> Args {
             "--blocks" => args.blocks = value().unwrap_or(args.blocks),
             "--txs" => args.txs = value().unwrap_or(args.txs),
             "--rounds" => args.rounds = value().map(|v| v as usize).unwrap_or(args.rounds),
+            "--batch" => args.batch = value().map(|v| v.max(1) as usize).unwrap_or(args.batch),
             // cargo bench passes --bench; ignore anything else.
             _ => {}
         }
@@ -102,6 +106,7 @@ fn main() {
 
     let mut raw_best = Duration::MAX;
     let mut import_best = Duration::MAX;
+    let mut batch_best = Duration::MAX;
     for round in 0..args.rounds {
         let t = Instant::now();
         for (msgs, sigs, keys) in &raw_inputs {
@@ -111,29 +116,48 @@ fn main() {
         raw_best = raw_best.min(t.elapsed());
 
         let dir = tempfile::tempdir().expect("temp dir");
-        let chain = Blockchain::open(
-            &dir.path().join("bench.redb"),
-            genesis.clone(),
-            Arc::new(ProofOfAuthority::from_genesis(&genesis)),
-            ChainConfig::default(),
-        )
-        .expect("open store");
+        let open = |name: &str| {
+            Blockchain::open(
+                &dir.path().join(name),
+                genesis.clone(),
+                Arc::new(ProofOfAuthority::from_genesis(&genesis)),
+                ChainConfig::default(),
+            )
+            .expect("open store")
+        };
         let now = TimestampMs::now();
+
+        let chain = open("single.redb");
+        let copies = blocks.clone();
         let t = Instant::now();
-        for b in &blocks {
-            chain.import_block(b.clone(), now).expect("valid block");
+        for b in copies {
+            chain.import_block(b, now).expect("valid block");
         }
-        let elapsed = t.elapsed();
+        let single = t.elapsed();
         assert_eq!(chain.tip().height, Height(args.blocks));
-        import_best = import_best.min(elapsed);
+        import_best = import_best.min(single);
+
+        let chain = open("batched.redb");
+        let mut copies = blocks.clone();
+        let t = Instant::now();
+        while !copies.is_empty() {
+            let rest = copies.split_off(copies.len().min(args.batch));
+            let result = chain.import_blocks(std::mem::replace(&mut copies, rest), now);
+            assert!(result.error.is_none(), "{:?}", result.error);
+        }
+        let batched = t.elapsed();
+        assert_eq!(chain.tip().height, Height(args.blocks));
+        batch_best = batch_best.min(batched);
         eprintln!(
-            "round {round}: raw {:.1} ms, import {:.1} ms",
+            "round {round}: raw {:.1} ms, import {:.1} ms, batched import {:.1} ms",
             raw_best.as_secs_f64() * 1e3,
-            elapsed.as_secs_f64() * 1e3
+            single.as_secs_f64() * 1e3,
+            batched.as_secs_f64() * 1e3,
         );
     }
     let raw_rate = total_txs as f64 / raw_best.as_secs_f64();
     let import_rate = total_txs as f64 / import_best.as_secs_f64();
+    let batch_rate = total_txs as f64 / batch_best.as_secs_f64();
     println!();
     println!(
         "block import, {} blocks x {} txs, best of {} rounds, 1 thread",
@@ -146,5 +170,13 @@ fn main() {
     println!(
         "| ratio import / raw (goal >= 0.8) | {:>11.2} |",
         import_rate / raw_rate
+    );
+    println!(
+        "| batched, {:>3} blocks per commit   | {batch_rate:>11.0} |",
+        args.batch
+    );
+    println!(
+        "| ratio batched / raw (goal >= 0.8)| {:>11.2} |",
+        batch_rate / raw_rate
     );
 }

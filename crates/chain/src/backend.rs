@@ -4,7 +4,7 @@ use playergold_primitives::{
     Block, BlockHash, BlockHeader, Genesis, Height, TimestampMs, Transaction, TxId, Work,
 };
 
-use crate::chain::{ImportError, ImportOutcome, TxStatus};
+use crate::chain::{BatchImport, ImportError, ImportOutcome, TxStatus};
 use crate::mempool::MempoolError;
 use crate::store::StoreError;
 
@@ -49,6 +49,10 @@ pub trait ChainBackend: Send + Sync + 'static {
     ) -> Result<Vec<BlockHeader>, StoreError>;
     /// Validates and imports a block (from a peer or our own producer).
     fn import_block(&self, block: Block, now: TimestampMs) -> Result<ImportOutcome, ImportError>;
+    /// Validates and imports blocks in order, all stored by one durable commit (what sync uses:
+    /// one fsync per batch instead of per block). Stops at the first invalid block; the valid
+    /// ones before it are kept.
+    fn import_blocks(&self, blocks: Vec<Block>, now: TimestampMs) -> BatchImport;
     /// Validates and adds a transaction to the mempool.
     fn submit_transaction(&self, tx: Transaction, now: TimestampMs) -> Result<TxId, MempoolError>;
     /// A mempool transaction.

@@ -16,7 +16,7 @@ use crate::consensus::{Consensus, ConsensusError};
 use crate::fork_choice::{ForkKey, REPUTATION_WINDOW};
 use crate::mempool::{Mempool, MempoolConfig, MempoolError};
 use crate::orphans::OrphanPool;
-use crate::store::{BestChainUpdate, BlockEntry, ChainStore, StoreError};
+use crate::store::{BestChainUpdate, BlockEntry, ChainStore, StoreError, StoreWriter};
 
 /// How far ahead of our clock a block's timestamp may be.
 pub const MAX_FUTURE_BLOCK_MS: u64 = 15_000;
@@ -130,6 +130,16 @@ pub enum ImportOutcome {
         /// Set when the best chain changed.
         tip_change: Option<TipChange>,
     },
+}
+
+/// The result of importing several blocks in one store transaction.
+#[derive(Debug)]
+pub struct BatchImport {
+    /// One outcome per block, in order, up to the first invalid block.
+    pub outcomes: Vec<ImportOutcome>,
+    /// The first block that failed and why; blocks after it were not looked at. On a failed
+    /// commit, `outcomes` is empty (nothing was stored) and this holds the store error.
+    pub error: Option<(BlockHash, ImportError)>,
 }
 
 /// Where a transaction is.
@@ -341,9 +351,8 @@ impl Blockchain {
         Block::build(key, tip.hash, Height(tip.height.0 + 1), timestamp, txs)
     }
 
-    fn parent_header(&self, block: &Block) -> Result<BlockHeader, ImportError> {
-        self.store
-            .header(&block.header.parent)?
+    fn parent_header(&self, w: &StoreWriter, block: &Block) -> Result<BlockHeader, ImportError> {
+        w.header(&block.header.parent)?
             .ok_or_else(|| StoreError::Corrupt("indexed parent has no header".into()).into())
     }
 
@@ -351,6 +360,7 @@ impl Blockchain {
     fn validate(
         &self,
         st: &State,
+        w: &StoreWriter,
         block: &Block,
         now: TimestampMs,
     ) -> Result<(Vec<TxId>, Work), ImportError> {
@@ -381,12 +391,12 @@ impl Blockchain {
         }
         let work = self
             .consensus
-            .check_header(header, &self.parent_header(block)?)?;
+            .check_header(header, &self.parent_header(w, block)?)?;
         let ids = block.tx_ids();
         if merkle_root(&ids) != header.tx_root {
             return Err(ImportError::BadTxRoot);
         }
-        self.check_no_duplicates(st, block, &ids)?;
+        self.check_no_duplicates(st, w, block, &ids)?;
         block
             .verify_signatures(&ids)
             .map_err(|_| ImportError::BadSignature)?;
@@ -397,6 +407,7 @@ impl Blockchain {
     fn check_no_duplicates(
         &self,
         st: &State,
+        w: &StoreWriter,
         block: &Block,
         ids: &[TxId],
     ) -> Result<(), ImportError> {
@@ -412,17 +423,14 @@ impl Blockchain {
         // Walk the side branch (if any) down to the best chain, collecting its txs.
         let mut fork = block.header.parent;
         while !st.is_on_best(&fork) {
-            let body = self
-                .store
-                .body(&fork)?
-                .ok_or_else(|| StoreError::Corrupt(format!("block {fork} has no body")))?;
+            let body = w.body(&fork)?;
             if let Some(t) = body.iter().map(Transaction::id).find(|t| seen.contains(t)) {
                 return Err(ImportError::DuplicateTx(t));
             }
             fork = st.index[&fork].parent;
         }
         let fork_height = st.index[&fork].height;
-        for (id, in_block) in self.store.txs_in_best_chain(ids)? {
+        for (id, in_block) in w.txs_in_best_chain(ids)? {
             if st
                 .index
                 .get(&in_block)
@@ -438,11 +446,12 @@ impl Blockchain {
     fn connect(
         &self,
         st: &mut State,
+        w: &mut StoreWriter,
         block: &Block,
         hash: BlockHash,
         now: TimestampMs,
     ) -> Result<Option<TipChange>, ImportError> {
-        let (ids, work) = self.validate(st, block, now)?;
+        let (ids, work) = self.validate(st, w, block, now)?;
         let parent = &st.index[&block.header.parent];
         let entry = BlockEntry {
             parent: block.header.parent,
@@ -452,8 +461,7 @@ impl Blockchain {
             cumulative_work: parent.cumulative_work.saturating_add(work),
         };
         if !st.beats_best(hash, &entry) {
-            self.store
-                .commit_block(block, &hash, &entry, &BestChainUpdate::default())?;
+            w.put_block(block, &hash, &entry, &BestChainUpdate::default())?;
             st.index.insert(hash, entry);
             return Ok(None);
         }
@@ -474,19 +482,13 @@ impl Blockchain {
             .collect();
         let mut removed_bodies = Vec::with_capacity(removed_hashes.len());
         for h in &removed_hashes {
-            let txs = self
-                .store
-                .body(h)?
-                .ok_or_else(|| StoreError::Corrupt(format!("block {h} has no body")))?;
+            let txs = w.body(h)?;
             let ids: Vec<TxId> = txs.iter().map(Transaction::id).collect();
             removed_bodies.push((st.index[h].height, txs, ids));
         }
         let mut added_ids = Vec::with_capacity(branch.len());
         for h in &branch[..branch.len() - 1] {
-            let txs = self
-                .store
-                .body(h)?
-                .ok_or_else(|| StoreError::Corrupt(format!("block {h} has no body")))?;
+            let txs = w.body(h)?;
             added_ids.push((
                 *h,
                 st.index[h].height,
@@ -507,8 +509,8 @@ impl Blockchain {
                 .collect(),
             new_best: Some(hash),
         };
-        self.store.commit_block(block, &hash, &entry, &update)?;
-        // Committed: now mirror it in memory.
+        w.put_block(block, &hash, &entry, &update)?;
+        // Mirror it in memory; if the commit later fails, `reload` puts memory back in step.
         st.index.insert(hash, entry);
         st.best_chain.truncate(fork_height + 1);
         st.best_chain.extend(branch.iter().copied());
@@ -531,6 +533,61 @@ impl Blockchain {
             removed: removed_hashes,
             added: branch,
         }))
+    }
+
+    /// Imports one block into an open write transaction, then connects the orphans it releases.
+    fn import_one(
+        &self,
+        st: &mut State,
+        w: &mut StoreWriter,
+        block: Block,
+        hash: BlockHash,
+        now: TimestampMs,
+    ) -> Result<ImportOutcome, ImportError> {
+        if st.index.contains_key(&hash) {
+            return Ok(ImportOutcome::AlreadyKnown);
+        }
+        if block.header.height.0 == 0 {
+            return Err(ImportError::ForeignGenesis);
+        }
+        if !st.index.contains_key(&block.header.parent) {
+            let bytes = playergold_primitives::codec::encoded_len(&block);
+            st.orphans.insert(block, bytes, now);
+            let missing = st.orphans.root_of(&hash).unwrap_or_default();
+            return Ok(ImportOutcome::Orphan { missing });
+        }
+        let mut tip_change = self.connect(st, w, &block, hash, now)?;
+        let mut connected = vec![hash];
+        // Connect orphans waiting on what we just stored, depth first.
+        let mut frontier = vec![hash];
+        while let Some(parent) = frontier.pop() {
+            for child in st.orphans.take_children(&parent) {
+                let child_hash = child.hash();
+                match self.connect(st, w, &child, child_hash, now) {
+                    Ok(change) => {
+                        connected.push(child_hash);
+                        frontier.push(child_hash);
+                        if let Some(c) = change {
+                            Self::merge_tip_change(&mut tip_change, c);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(block = %child_hash, error = %e, "orphan failed validation");
+                    }
+                }
+            }
+        }
+        Ok(ImportOutcome::Imported {
+            connected,
+            tip_change,
+        })
+    }
+
+    /// Rebuilds the in-memory index and best chain from the store.
+    fn reload(&self, st: &mut State) -> Result<(), StoreError> {
+        st.index = self.store.load_entries()?.into_iter().collect();
+        st.best_chain = self.store.load_best_chain()?;
+        Ok(())
     }
 
     fn merge_tip_change(total: &mut Option<TipChange>, next: TipChange) {
@@ -630,45 +687,61 @@ impl ChainBackend for Blockchain {
     }
 
     fn import_block(&self, block: Block, now: TimestampMs) -> Result<ImportOutcome, ImportError> {
-        let hash = block.hash();
+        let mut batch = self.import_blocks(vec![block], now);
+        match batch.error {
+            Some((_, e)) => Err(e),
+            // One block in, one outcome out.
+            None => Ok(batch
+                .outcomes
+                .pop()
+                .expect("one outcome per imported block")),
+        }
+    }
+
+    fn import_blocks(&self, blocks: Vec<Block>, now: TimestampMs) -> BatchImport {
         let mut st = self.state.lock();
-        if st.index.contains_key(&hash) {
-            return Ok(ImportOutcome::AlreadyKnown);
-        }
-        if block.header.height.0 == 0 {
-            return Err(ImportError::ForeignGenesis);
-        }
-        if !st.index.contains_key(&block.header.parent) {
-            let bytes = playergold_primitives::codec::encoded_len(&block);
-            st.orphans.insert(block, bytes, now);
-            let missing = st.orphans.root_of(&hash).unwrap_or_default();
-            return Ok(ImportOutcome::Orphan { missing });
-        }
-        let mut tip_change = self.connect(&mut st, &block, hash, now)?;
-        let mut connected = vec![hash];
-        // Connect orphans waiting on what we just stored, breadth first.
-        let mut frontier = vec![hash];
-        while let Some(parent) = frontier.pop() {
-            for child in st.orphans.take_children(&parent) {
-                let child_hash = child.hash();
-                match self.connect(&mut st, &child, child_hash, now) {
-                    Ok(change) => {
-                        connected.push(child_hash);
-                        frontier.push(child_hash);
-                        if let Some(c) = change {
-                            Self::merge_tip_change(&mut tip_change, c);
-                        }
-                    }
-                    Err(e) => {
-                        tracing::debug!(block = %child_hash, error = %e, "orphan failed validation");
-                    }
+        let mut outcomes = Vec::with_capacity(blocks.len());
+        let mut writer = match self.store.writer() {
+            Ok(w) => w,
+            Err(e) => {
+                let hash = blocks.first().map(Block::hash).unwrap_or_default();
+                return BatchImport {
+                    outcomes,
+                    error: Some((hash, e.into())),
+                };
+            }
+        };
+        let mut error = None;
+        let mut wrote = false;
+        for block in blocks {
+            let hash = block.hash();
+            match self.import_one(&mut st, &mut writer, block, hash, now) {
+                Ok(outcome) => {
+                    wrote |= matches!(outcome, ImportOutcome::Imported { .. });
+                    outcomes.push(outcome);
+                }
+                Err(e) => {
+                    error = Some((hash, e));
+                    break;
                 }
             }
         }
-        Ok(ImportOutcome::Imported {
-            connected,
-            tip_change,
-        })
+        if wrote && let Err(e) = writer.commit() {
+            // Memory ran ahead of the failed commit: read the truth back from disk.
+            if let Err(reload) = self.reload(&mut st) {
+                tracing::error!(error = %reload, "chain state reload after a failed commit failed");
+            }
+            let hash = outcomes
+                .iter()
+                .find_map(|o| match o {
+                    ImportOutcome::Imported { connected, .. } => connected.first().copied(),
+                    _ => None,
+                })
+                .unwrap_or_default();
+            outcomes.clear();
+            error = Some((hash, e.into()));
+        }
+        BatchImport { outcomes, error }
     }
 
     fn submit_transaction(&self, tx: Transaction, now: TimestampMs) -> Result<TxId, MempoolError> {

@@ -30,8 +30,8 @@ mod store;
 
 pub use backend::{ChainBackend, ChainTip};
 pub use chain::{
-    Blockchain, ChainConfig, ImportError, ImportOutcome, MAX_FUTURE_BLOCK_MS, MEDIAN_TIME_SPAN,
-    TipChange, TxStatus,
+    BatchImport, Blockchain, ChainConfig, ImportError, ImportOutcome, MAX_FUTURE_BLOCK_MS,
+    MEDIAN_TIME_SPAN, TipChange, TxStatus,
 };
 pub use consensus::{Consensus, ConsensusError, ProofOfAuthority};
 pub use fork_choice::{ForkKey, REPUTATION_WINDOW};

@@ -303,43 +303,11 @@ impl ChainStore {
         Ok(out)
     }
 
-    /// Stores a validated block and, when it changes the best chain, the new best chain, all in
-    /// one transaction.
-    pub(crate) fn commit_block(
-        &self,
-        block: &Block,
-        hash: &BlockHash,
-        entry: &BlockEntry,
-        update: &BestChainUpdate<'_>,
-    ) -> Result<(), StoreError> {
-        let tx = self.db.begin_write()?;
-        {
-            tx.open_table(HEADERS)?
-                .insert(key(hash), codec::encode(&block.header).as_slice())?;
-            tx.open_table(BODIES)?
-                .insert(key(hash), codec::encode(&block.txs).as_slice())?;
-            tx.open_table(ENTRIES)?
-                .insert(key(hash), codec::encode(entry).as_slice())?;
-            if let Some(best) = update.new_best {
-                let mut heights = tx.open_table(HEIGHTS)?;
-                let mut txs = tx.open_table(TXS)?;
-                for (height, ids) in &update.removed {
-                    heights.remove(height.0)?;
-                    for id in *ids {
-                        txs.remove(&id.0)?;
-                    }
-                }
-                for (block_hash, height, ids) in &update.added {
-                    heights.insert(height.0, key(block_hash))?;
-                    for id in *ids {
-                        txs.insert(&id.0, key(block_hash))?;
-                    }
-                }
-                tx.open_table(META)?.insert("best", best.0.as_slice())?;
-            }
-        }
-        tx.commit()?;
-        Ok(())
+    /// Starts a write transaction: any number of blocks, committed together (one fsync).
+    pub(crate) fn writer(&self) -> Result<StoreWriter, StoreError> {
+        Ok(StoreWriter {
+            tx: self.db.begin_write()?,
+        })
     }
 
     /// Reads a value the network layer stored (address book, bans).
@@ -399,5 +367,92 @@ impl ChainStore {
             previous = Some(*hash);
         }
         Ok(Height(chain.len() as u64 - 1))
+    }
+}
+
+/// One open write transaction. Reads through it see its own uncommitted writes, so a batch of
+/// blocks can validate each block against the ones before it. Dropped without [`commit`], it
+/// writes nothing.
+///
+/// [`commit`]: StoreWriter::commit
+pub(crate) struct StoreWriter {
+    tx: redb::WriteTransaction,
+}
+
+impl StoreWriter {
+    /// A header, including ones written in this transaction.
+    pub(crate) fn header(&self, hash: &BlockHash) -> Result<Option<BlockHeader>, StoreError> {
+        let table = self.tx.open_table(HEADERS)?;
+        let value = table.get(key(hash))?;
+        Ok(match value {
+            Some(v) => Some(codec::decode(v.value())?),
+            None => None,
+        })
+    }
+
+    /// A body, including ones written in this transaction.
+    pub(crate) fn body(&self, hash: &BlockHash) -> Result<Vec<Transaction>, StoreError> {
+        let table = self.tx.open_table(BODIES)?;
+        let value = table
+            .get(key(hash))?
+            .ok_or_else(|| StoreError::Corrupt(format!("block {hash} has no body")))?;
+        postcard::from_bytes(value.value())
+            .map_err(|e| StoreError::Corrupt(format!("block body: {e}")))
+    }
+
+    /// Of `ids`, those in a best-chain block (as of this transaction), with that block.
+    pub(crate) fn txs_in_best_chain(
+        &self,
+        ids: &[TxId],
+    ) -> Result<Vec<(TxId, BlockHash)>, StoreError> {
+        let table = self.tx.open_table(TXS)?;
+        let mut out = Vec::new();
+        for id in ids {
+            if let Some(v) = table.get(&id.0)? {
+                out.push((*id, BlockHash(*v.value())));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes a validated block and, when it changes the best chain, the best-chain changes.
+    pub(crate) fn put_block(
+        &mut self,
+        block: &Block,
+        hash: &BlockHash,
+        entry: &BlockEntry,
+        update: &BestChainUpdate<'_>,
+    ) -> Result<(), StoreError> {
+        let tx = &self.tx;
+        tx.open_table(HEADERS)?
+            .insert(key(hash), codec::encode(&block.header).as_slice())?;
+        tx.open_table(BODIES)?
+            .insert(key(hash), codec::encode(&block.txs).as_slice())?;
+        tx.open_table(ENTRIES)?
+            .insert(key(hash), codec::encode(entry).as_slice())?;
+        if let Some(best) = update.new_best {
+            let mut heights = tx.open_table(HEIGHTS)?;
+            let mut txs = tx.open_table(TXS)?;
+            for (height, ids) in &update.removed {
+                heights.remove(height.0)?;
+                for id in *ids {
+                    txs.remove(&id.0)?;
+                }
+            }
+            for (block_hash, height, ids) in &update.added {
+                heights.insert(height.0, key(block_hash))?;
+                for id in *ids {
+                    txs.insert(&id.0, key(block_hash))?;
+                }
+            }
+            tx.open_table(META)?.insert("best", best.0.as_slice())?;
+        }
+        Ok(())
+    }
+
+    /// Commits durably: when this returns `Ok`, the writes survive a crash.
+    pub(crate) fn commit(self) -> Result<(), StoreError> {
+        self.tx.commit()?;
+        Ok(())
     }
 }

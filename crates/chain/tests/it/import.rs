@@ -241,3 +241,29 @@ fn locator_and_headers_after() {
         vec![11, 12, 13, 14, 15]
     );
 }
+
+#[test]
+fn a_batch_keeps_the_valid_blocks_before_the_first_invalid_one() {
+    let net = Devnet::new(2);
+    let chain = net.open("a.redb");
+    let g = net.genesis.block().header;
+    let b1 = net.child(&g, 1, vec![tx(1, 0, 5)]);
+    let b2 = net.child(&b1.header, 1, vec![tx(2, 0, 5)]);
+    // b3 repeats b1's transaction: invalid on this branch.
+    let b3 = net.child(&b2.header, 1, vec![tx(1, 0, 5)]);
+    let b4 = net.child(&b3.header, 1, vec![]);
+    let batch = chain.import_blocks(vec![b1.clone(), b2.clone(), b3.clone(), b4], now());
+    assert_eq!(batch.outcomes.len(), 2);
+    let (failed, error) = batch.error.expect("b3 is invalid");
+    assert_eq!(failed, b3.hash());
+    assert!(matches!(error, ImportError::DuplicateTx(_)));
+    assert_eq!(chain.tip().hash, b2.hash());
+    drop(chain);
+    // The two valid blocks were committed durably.
+    let reopened = net.open("a.redb");
+    assert_eq!(reopened.tip().hash, b2.hash());
+    assert_eq!(
+        reopened.store().verify_consistency().expect("consistent"),
+        Height(2)
+    );
+}
