@@ -1,0 +1,88 @@
+//! Propagation settings: which strategy each kind of item uses, and the engine's bounds.
+
+use std::time::Duration;
+
+/// How an item kind spreads.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Strategy {
+    /// Push the full item to every peer not known to have it.
+    Flood,
+    /// Push the full item to `fanout` peers and announce its id to the rest, who request it.
+    Gossip,
+    /// Send only to peers with the item's capability, within a hop budget.
+    Directed,
+}
+
+/// How many peers get a gossiped item pushed in full.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Fanout {
+    /// ⌈√peers⌉, as geth does for transactions.
+    Sqrt,
+    /// This fraction of the peers (rounded up).
+    Fraction(f64),
+    /// A fixed number of peers.
+    Fixed(usize),
+}
+
+impl Fanout {
+    /// Peers to push to out of `n`.
+    pub fn of(self, n: usize) -> usize {
+        let k = match self {
+            Fanout::Sqrt => (n as f64).sqrt().ceil() as usize,
+            Fanout::Fraction(f) => (n as f64 * f.clamp(0.0, 1.0)).ceil() as usize,
+            Fanout::Fixed(k) => k,
+        };
+        k.min(n)
+    }
+}
+
+/// Settings of the propagation engine.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PropagationConfig {
+    /// Strategy for transactions (default gossip).
+    pub tx_strategy: Strategy,
+    /// Strategy for AI challenges (default directed to `ai-compute` peers).
+    pub challenge_strategy: Strategy,
+    /// Hop budget a challenge starts with.
+    pub max_hops: u8,
+    /// Push fanout for gossip (default √peers).
+    pub gossip_factor: Fanout,
+    /// Ids remembered to drop duplicates.
+    pub duplicate_cache_size: usize,
+    /// Most items per announcement or tx push batch.
+    pub batch_size: usize,
+    /// How long an item may wait for its batch to fill.
+    pub batch_delay: Duration,
+    /// How long a request may stay unanswered before asking another announcer.
+    pub request_timeout: Duration,
+    /// How many other announcers to try after a timeout.
+    pub max_retries: u8,
+    /// Most bytes queued toward one peer; a peer that lets its queue fill is slow and dropped.
+    pub max_peer_queue_bytes: usize,
+    /// Validators asked to check each solution.
+    pub solution_validators: usize,
+    /// Agreeing verdicts that settle a solution.
+    pub verdict_quorum: usize,
+}
+
+impl Default for PropagationConfig {
+    fn default() -> Self {
+        PropagationConfig {
+            tx_strategy: Strategy::Gossip,
+            challenge_strategy: Strategy::Directed,
+            max_hops: 7,
+            gossip_factor: Fanout::Sqrt,
+            duplicate_cache_size: 10_000,
+            batch_size: 100,
+            // A few ms: enough to coalesce a burst, far below one network hop.
+            batch_delay: Duration::from_millis(5),
+            // Above a slow intercontinental round trip (~300 ms) with margin.
+            request_timeout: Duration::from_millis(1_000),
+            max_retries: 3,
+            // Four maximum-size blocks: a healthy peer never lags that far behind.
+            max_peer_queue_bytes: 4 * playergold_primitives::MAX_BLOCK_BYTES,
+            solution_validators: 3,
+            verdict_quorum: 2,
+        }
+    }
+}

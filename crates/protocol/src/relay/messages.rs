@@ -1,0 +1,196 @@
+//! The relay protocol's messages (`/playergold/<network>/relay/1`), one postcard frame each.
+
+use playergold_primitives::codec::{DecodeError, WireDecode};
+use playergold_primitives::{Block, BlockHash, BlockHeader, Hash32, Transaction, TxId};
+use serde::{Deserialize, Serialize};
+
+use crate::ai::{Challenge, ChallengeId, Solution, SolutionId, Verdict};
+
+/// Most inventory items in one `Announce`, `Request` or `NotFound`, and most transactions in one
+/// `Transactions` or `BlockTxns` batch beyond a block's own size. Ten times the default batch size,
+/// so honest batching never hits it.
+pub const MAX_ITEMS_PER_MESSAGE: usize = 1_000;
+
+/// Largest relay frame: a maximum-size block plus framing slack. A larger frame is refused before
+/// it is read.
+pub const MAX_RELAY_FRAME_BYTES: usize = playergold_primitives::MAX_BLOCK_BYTES + 4 * 1024;
+
+/// Length of a compact-block short transaction id, in bytes. 40 bits keeps a compact block under
+/// 5% of the full block (a transaction encodes to about 120 bytes). Collisions: a 1,000-tx block
+/// against a 50,000-tx mempool collides with probability about 1000 × 50000 / 2^40 ≈ 5·10^-5; the
+/// ids are keyed by the block hash, so nobody can aim for one, and a collision only costs a
+/// fallback to fetching the block.
+pub const SHORT_ID_LEN: usize = 5;
+
+/// Something that can be announced and requested.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum InvItem {
+    /// A transaction.
+    Tx(TxId),
+    /// A full block.
+    Block(BlockHash),
+    /// An AI challenge.
+    Challenge(ChallengeId),
+    /// A solution (dedup key only; solutions are pushed, never announced).
+    Solution(SolutionId),
+    /// A verdict on a solution (keyed by its hash).
+    Verdict(Hash32),
+}
+
+/// A 6-byte transaction id, salted with the block hash so nobody can precompute collisions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ShortId(pub [u8; SHORT_ID_LEN]);
+
+impl ShortId {
+    /// The short id of `tx` inside the block `block`.
+    pub fn new(block: &BlockHash, tx: &TxId) -> ShortId {
+        let h = blake3::keyed_hash(&block.0, &tx.0);
+        let mut out = [0u8; SHORT_ID_LEN];
+        out.copy_from_slice(&h.as_bytes()[..SHORT_ID_LEN]);
+        ShortId(out)
+    }
+}
+
+/// A block as its header and short ids of its transactions (BIP152's idea): receivers rebuild
+/// it from their mempools and ask only for what they miss.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompactBlock {
+    /// The header.
+    pub header: BlockHeader,
+    /// Short ids of the transactions, in block order.
+    pub short_ids: Vec<ShortId>,
+}
+
+impl CompactBlock {
+    /// The compact form of `block`.
+    pub fn of(block: &Block) -> CompactBlock {
+        let hash = block.hash();
+        CompactBlock {
+            short_ids: block
+                .txs
+                .iter()
+                .map(|t| ShortId::new(&hash, &t.id()))
+                .collect(),
+            header: block.header.clone(),
+        }
+    }
+}
+
+/// One relay protocol message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RelayMessage {
+    /// "I have these": the receiver requests what it lacks.
+    Announce(Vec<InvItem>),
+    /// "Send me these".
+    Request(Vec<InvItem>),
+    /// Requested items we do not have (any more).
+    NotFound(Vec<InvItem>),
+    /// Full transactions, pushed or requested.
+    Transactions(Vec<Transaction>),
+    /// A new block, compact.
+    CompactBlock(CompactBlock),
+    /// The transactions at these positions of a compact block.
+    BlockTxnsRequest {
+        /// The block.
+        block: BlockHash,
+        /// Positions in the block, ascending.
+        indexes: Vec<u32>,
+    },
+    /// Reply to `BlockTxnsRequest`, in the requested order.
+    BlockTxns {
+        /// The block.
+        block: BlockHash,
+        /// The transactions.
+        txs: Vec<Transaction>,
+    },
+    /// A full block (requested, or the fallback when a compact block cannot be rebuilt).
+    Block(Block),
+    /// An AI challenge.
+    Challenge(Challenge),
+    /// A solution. With its challenge attached it asks the receiver to validate it; without, it
+    /// travels back toward the issuer along the challenge's path.
+    Solution {
+        /// The solution.
+        solution: Solution,
+        /// The challenge, for validators.
+        challenge: Option<Challenge>,
+    },
+    /// A validator's verdict.
+    Verdict(Verdict),
+}
+
+impl RelayMessage {
+    /// The queue class this message goes out in (lower drains first).
+    pub fn class(&self) -> Class {
+        match self {
+            RelayMessage::CompactBlock(_) | RelayMessage::Block(_) => Class::Block,
+            RelayMessage::Request(_)
+            | RelayMessage::NotFound(_)
+            | RelayMessage::BlockTxnsRequest { .. }
+            | RelayMessage::BlockTxns { .. } => Class::Reply,
+            RelayMessage::Challenge(_)
+            | RelayMessage::Solution { .. }
+            | RelayMessage::Verdict(_) => Class::Ai,
+            RelayMessage::Transactions(_) => Class::Tx,
+            RelayMessage::Announce(_) => Class::Announce,
+        }
+    }
+
+    /// The encoded size in bytes.
+    pub fn encoded_len(&self) -> usize {
+        playergold_primitives::codec::encoded_len(self)
+    }
+}
+
+/// Outbound priority classes, drained in this order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Class {
+    /// Blocks and compact blocks.
+    Block = 0,
+    /// Replies we owe and requests we make.
+    Reply = 1,
+    /// Challenges, solutions, verdicts.
+    Ai = 2,
+    /// Transaction pushes.
+    Tx = 3,
+    /// Announcements.
+    Announce = 4,
+}
+
+/// Number of classes.
+pub const CLASSES: usize = 5;
+
+impl WireDecode for RelayMessage {
+    const MAX_BYTES: usize = MAX_RELAY_FRAME_BYTES;
+    const WHAT: &'static str = "relay message";
+
+    fn check(&self) -> Result<(), DecodeError> {
+        let count = match self {
+            RelayMessage::Announce(v) | RelayMessage::Request(v) | RelayMessage::NotFound(v) => {
+                v.len()
+            }
+            RelayMessage::Transactions(v) | RelayMessage::BlockTxns { txs: v, .. } => v.len(),
+            RelayMessage::BlockTxnsRequest { indexes, .. } => indexes.len(),
+            RelayMessage::CompactBlock(c) => c.short_ids.len(),
+            RelayMessage::Block(b) => b.txs.len(),
+            RelayMessage::Challenge(_)
+            | RelayMessage::Solution { .. }
+            | RelayMessage::Verdict(_) => 0,
+        };
+        let max = match self {
+            RelayMessage::CompactBlock(_)
+            | RelayMessage::Block(_)
+            | RelayMessage::BlockTxns { .. }
+            | RelayMessage::BlockTxnsRequest { .. } => playergold_primitives::MAX_BLOCK_TXS,
+            _ => MAX_ITEMS_PER_MESSAGE,
+        };
+        if count > max {
+            return Err(DecodeError::TooManyItems {
+                what: Self::WHAT,
+                count,
+                max,
+            });
+        }
+        Ok(())
+    }
+}

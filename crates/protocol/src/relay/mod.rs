@@ -1,0 +1,17 @@
+//! Propagation of transactions, blocks and AI messages (`/playergold/<network>/relay/1`).
+
+mod bounded;
+mod config;
+mod engine;
+mod messages;
+
+pub use config::{Fanout, PropagationConfig, Strategy};
+pub use engine::{
+    BlockVerdict, HeaderVerdict, KindCounters, MAX_ANNOUNCERS, MAX_CHALLENGES, MAX_KNOWN_PER_PEER,
+    MAX_PARTIAL_BLOCKS, MAX_TALLIES, MAX_WANTED, Offence, PeerKey, RECENT_BLOCKS, RelayEngine,
+    RelayEvent, RelayHost, RelayMetrics, Settlement, TxVerdict,
+};
+pub use messages::{
+    CLASSES, Class, CompactBlock, InvItem, MAX_ITEMS_PER_MESSAGE, MAX_RELAY_FRAME_BYTES,
+    RelayMessage, SHORT_ID_LEN, ShortId,
+};

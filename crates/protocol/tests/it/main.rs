@@ -1,0 +1,5 @@
+//! Whole networks of relay engines on a simulated clock.
+
+mod codec;
+mod propagation;
+mod sim;
