@@ -19,5 +19,6 @@
 pub mod ai;
 mod capabilities;
 pub mod relay;
+pub mod reputation;
 
 pub use capabilities::Capabilities;

@@ -1,0 +1,534 @@
+//! Peer reputation: one bounded, decaying score per peer, a reason log, and bans.
+//!
+//! A deterministic struct: every call takes the current wall-clock time in milliseconds, so the
+//! same sequence of reports gives the same scores, disconnects and bans (the table test below).
+//! Scores live in [`MIN_SCORE`, `MAX_SCORE`] and decay exponentially toward 0 with a configurable
+//! half-life, so old misdeeds and old merits fade. Crossing `disconnect_below` asks for a
+//! disconnect, crossing `ban_below` (or any fatal offence) bans, for a duration that doubles with
+//! each repeat ban. Bans carry wall-clock expiry so they persist across restarts
+//! ([`Reputation::bans`] / [`Reputation::restore_bans`]).
+//!
+//! Local-fault guard: while [`Reputation::set_local_overload`] is on (our store is failing, we are
+//! overloaded, we are far behind), timeout-type reports are ignored: we never blame a peer for
+//! our own failure.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::Hash;
+use std::net::IpAddr;
+
+use playergold_primitives::TimestampMs;
+
+use crate::relay::{Offence, PeerKey};
+
+/// Lowest score.
+pub const MIN_SCORE: f64 = -100.0;
+/// Highest score.
+pub const MAX_SCORE: f64 = 100.0;
+/// Reasons remembered per peer, for the API. 16 covers a misbehaving peer's story.
+pub const REASON_LOG_LEN: usize = 16;
+/// Peers tracked at once; beyond it the least recently updated (non-banned) entry goes.
+pub const MAX_TRACKED_PEERS: usize = 4_096;
+
+/// How bad (or good) an event is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Severity {
+    /// Proof of malice or a broken peer: ban at once.
+    Fatal,
+    /// Almost certainly malicious (an invalid signature).
+    High,
+    /// Wrong but possibly honest (a body relayed in good faith, a malformed reply).
+    Medium,
+    /// Usually honest trouble (timeouts, duplicates, slowness).
+    Low,
+    /// Useful work: first delivery of a valid item.
+    UsefulDelivery,
+    /// Useful work: a request answered.
+    Answered,
+}
+
+impl Severity {
+    /// The score change.
+    pub fn delta(self) -> f64 {
+        match self {
+            Severity::Fatal => MIN_SCORE * 2.0,
+            Severity::High => -25.0,
+            Severity::Medium => -10.0,
+            Severity::Low => -2.0,
+            Severity::UsefulDelivery => 1.0,
+            Severity::Answered => 0.25,
+        }
+    }
+}
+
+/// A reason for a score change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// A relay-engine offence.
+    Relay(Offence),
+    /// A block with an invalid signature or producer.
+    InvalidBlock,
+    /// The peer's genesis differs after the handshake agreed.
+    WrongGenesis,
+    /// A frame that does not decode or exceeds its limit.
+    MalformedFrame,
+    /// Too many requests per second.
+    RateLimited,
+    /// Sync: a peer withheld data it claimed to have.
+    Stalled,
+    /// Sync: headers that failed validation.
+    InvalidHeaders,
+    /// Delivered something new and valid first.
+    Delivered,
+    /// Answered a request.
+    Answered,
+    /// Solved an AI challenge correctly / incorrectly.
+    AiSolution(bool),
+    /// A verdict that agreed / disagreed with the quorum.
+    AiVerdict(bool),
+    /// An operator's ban.
+    Manual,
+}
+
+impl Reason {
+    /// How severe this reason is.
+    pub fn severity(self) -> Severity {
+        match self {
+            Reason::InvalidBlock
+            | Reason::WrongGenesis
+            | Reason::MalformedFrame
+            | Reason::Manual
+            | Reason::Relay(Offence::InvalidHeader) => Severity::Fatal,
+            Reason::Relay(Offence::InvalidTransaction | Offence::InvalidAiMessage)
+            | Reason::InvalidHeaders
+            | Reason::AiSolution(false) => Severity::High,
+            Reason::Relay(Offence::InvalidBlockBody | Offence::MalformedReply)
+            | Reason::Stalled
+            | Reason::AiVerdict(false) => Severity::Medium,
+            Reason::Relay(Offence::Unrequested | Offence::RequestTimeout) | Reason::RateLimited => {
+                Severity::Low
+            }
+            Reason::Delivered | Reason::AiSolution(true) => Severity::UsefulDelivery,
+            Reason::Answered | Reason::AiVerdict(true) => Severity::Answered,
+        }
+    }
+
+    /// Whether this is a timeout-type report, ignored while we are overloaded.
+    fn is_timeout(self) -> bool {
+        matches!(
+            self,
+            Reason::Relay(Offence::RequestTimeout) | Reason::Stalled
+        )
+    }
+}
+
+/// One entry of a peer's reason log.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LogEntry {
+    /// When.
+    pub at: TimestampMs,
+    /// Why.
+    pub reason: Reason,
+    /// The score after it.
+    pub score_after: f64,
+}
+
+/// What the caller must do after a report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Nothing.
+    None,
+    /// Disconnect the peer (it may come back).
+    Disconnect,
+    /// Ban the peer until the given time.
+    Ban {
+        /// Ban expiry.
+        until: TimestampMs,
+    },
+    /// Ban the peer, and its IP too (too many banned peers came from it).
+    BanWithIp {
+        /// Ban expiry.
+        until: TimestampMs,
+        /// The IP.
+        ip: IpAddr,
+    },
+}
+
+/// Reputation settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReputationConfig {
+    /// Half-life of scores, in ms.
+    pub half_life_ms: u64,
+    /// Below this score a peer is disconnected.
+    pub disconnect_below: f64,
+    /// Below this score a peer is banned.
+    pub ban_below: f64,
+    /// First ban duration, in ms; each repeat ban doubles it.
+    pub base_ban_ms: u64,
+    /// Longest ban, in ms.
+    pub max_ban_ms: u64,
+    /// Banned peers from one IP after which the IP itself is banned.
+    pub max_banned_per_ip: usize,
+}
+
+impl Default for ReputationConfig {
+    fn default() -> Self {
+        ReputationConfig {
+            // Ten minutes: a burst of timeouts is forgiven within the hour.
+            half_life_ms: 10 * 60 * 1000,
+            disconnect_below: -50.0,
+            ban_below: -90.0,
+            base_ban_ms: 60 * 60 * 1000,
+            max_ban_ms: 7 * 24 * 60 * 60 * 1000,
+            max_banned_per_ip: 3,
+        }
+    }
+}
+
+/// A ban, as persisted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Ban {
+    /// Expiry.
+    pub until: TimestampMs,
+    /// How many times this peer was banned (doubles the next duration).
+    pub count: u32,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    score: f64,
+    updated: TimestampMs,
+    log: VecDeque<LogEntry>,
+    ip: Option<IpAddr>,
+}
+
+/// The reputation table.
+#[derive(Debug)]
+pub struct Reputation<P: PeerKey> {
+    config: ReputationConfig,
+    peers: HashMap<P, Entry>,
+    bans: HashMap<P, Ban>,
+    ip_bans: HashMap<IpAddr, TimestampMs>,
+    exempt: HashSet<P>,
+    overloaded: bool,
+}
+
+impl<P: PeerKey + Hash> Reputation<P> {
+    /// An empty table.
+    pub fn new(config: ReputationConfig) -> Self {
+        Reputation {
+            config,
+            peers: HashMap::new(),
+            bans: HashMap::new(),
+            ip_bans: HashMap::new(),
+            exempt: HashSet::new(),
+            overloaded: false,
+        }
+    }
+
+    /// Trusted and persistent peers: scored, never disconnected or banned automatically.
+    pub fn set_exempt(&mut self, peer: P, exempt: bool) {
+        if exempt {
+            self.exempt.insert(peer);
+        } else {
+            self.exempt.remove(&peer);
+        }
+    }
+
+    /// Turns the local-fault guard on while we are the problem.
+    pub fn set_local_overload(&mut self, overloaded: bool) {
+        self.overloaded = overloaded;
+    }
+
+    /// Records the IP a peer connects from (for IP bans).
+    pub fn note_ip(&mut self, peer: P, ip: IpAddr, now: TimestampMs) {
+        self.entry(peer, now).ip = Some(ip);
+    }
+
+    fn decayed(&self, score: f64, from: TimestampMs, now: TimestampMs) -> f64 {
+        let dt = now.0.saturating_sub(from.0) as f64;
+        score * 0.5f64.powf(dt / self.config.half_life_ms.max(1) as f64)
+    }
+
+    fn entry(&mut self, peer: P, now: TimestampMs) -> &mut Entry {
+        if !self.peers.contains_key(&peer) && self.peers.len() >= MAX_TRACKED_PEERS {
+            // Forget the stalest entry; bans are kept separately, so nothing punitive is lost.
+            if let Some(oldest) = self
+                .peers
+                .iter()
+                .min_by_key(|(_, e)| e.updated)
+                .map(|(k, _)| *k)
+            {
+                self.peers.remove(&oldest);
+            }
+        }
+        self.peers.entry(peer).or_insert_with(|| Entry {
+            score: 0.0,
+            updated: now,
+            log: VecDeque::new(),
+            ip: None,
+        })
+    }
+
+    /// The current (decayed) score; 0 for an unknown peer.
+    pub fn score(&self, peer: &P, now: TimestampMs) -> f64 {
+        self.peers
+            .get(peer)
+            .map_or(0.0, |e| self.decayed(e.score, e.updated, now))
+    }
+
+    /// The reason log, oldest first.
+    pub fn log(&self, peer: &P) -> Vec<LogEntry> {
+        self.peers
+            .get(peer)
+            .map(|e| e.log.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Records an event and says what to do about the peer.
+    pub fn report(&mut self, peer: P, reason: Reason, now: TimestampMs) -> Action {
+        if self.overloaded && reason.is_timeout() {
+            return Action::None;
+        }
+        let severity = reason.severity();
+        let decayed = self.score(&peer, now);
+        let score = (decayed + severity.delta()).clamp(MIN_SCORE, MAX_SCORE);
+        let e = self.entry(peer, now);
+        e.score = score;
+        e.updated = now;
+        if e.log.len() >= REASON_LOG_LEN {
+            e.log.pop_front();
+        }
+        e.log.push_back(LogEntry {
+            at: now,
+            reason,
+            score_after: score,
+        });
+        let ip = e.ip;
+        if self.exempt.contains(&peer) && reason != Reason::Manual {
+            return Action::None;
+        }
+        if severity == Severity::Fatal || score <= self.config.ban_below {
+            return self.ban(peer, ip, now);
+        }
+        if score <= self.config.disconnect_below {
+            return Action::Disconnect;
+        }
+        Action::None
+    }
+
+    fn ban(&mut self, peer: P, ip: Option<IpAddr>, now: TimestampMs) -> Action {
+        if let Some(b) = self.bans.get(&peer).filter(|b| b.until > now) {
+            // Already banned: reports racing the disconnect do not extend it.
+            return Action::Ban { until: b.until };
+        }
+        let count = self.bans.get(&peer).map_or(0, |b| b.count) + 1;
+        let duration = self
+            .config
+            .base_ban_ms
+            .saturating_mul(1u64 << (count - 1).min(20))
+            .min(self.config.max_ban_ms);
+        let until = TimestampMs(now.0.saturating_add(duration));
+        self.bans.insert(peer, Ban { until, count });
+        if let Some(ip) = ip {
+            let banned_here = self
+                .bans
+                .iter()
+                .filter(|(p, b)| b.until > now && self.peers.get(p).and_then(|e| e.ip) == Some(ip))
+                .count();
+            if banned_here > self.config.max_banned_per_ip {
+                self.ip_bans.insert(ip, until);
+                return Action::BanWithIp { until, ip };
+            }
+        }
+        Action::Ban { until }
+    }
+
+    /// An operator's ban for `duration_ms`.
+    pub fn ban_manually(&mut self, peer: P, duration_ms: u64, now: TimestampMs) -> TimestampMs {
+        let count = self.bans.get(&peer).map_or(0, |b| b.count) + 1;
+        let until = TimestampMs(now.0.saturating_add(duration_ms));
+        self.bans.insert(peer, Ban { until, count });
+        until
+    }
+
+    /// Lifts a ban (the repeat count is kept).
+    pub fn unban(&mut self, peer: &P) -> bool {
+        match self.bans.get_mut(peer) {
+            Some(b) => {
+                b.until = TimestampMs(0);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether `peer` is banned now.
+    pub fn is_banned(&self, peer: &P, now: TimestampMs) -> bool {
+        self.bans.get(peer).is_some_and(|b| b.until > now)
+    }
+
+    /// Whether `ip` is banned now.
+    pub fn is_ip_banned(&self, ip: &IpAddr, now: TimestampMs) -> bool {
+        self.ip_bans.get(ip).is_some_and(|until| *until > now)
+    }
+
+    /// Active bans, to persist.
+    pub fn bans(&self, now: TimestampMs) -> Vec<(P, Ban)> {
+        let mut out: Vec<(P, Ban)> = self
+            .bans
+            .iter()
+            .filter(|(_, b)| b.until > now)
+            .map(|(p, b)| (*p, *b))
+            .collect();
+        out.sort_by_key(|(p, _)| *p);
+        out
+    }
+
+    /// Restores persisted bans (at start-up).
+    pub fn restore_bans(&mut self, bans: impl IntoIterator<Item = (P, Ban)>) {
+        self.bans.extend(bans);
+    }
+
+    /// Score histogram buckets for metrics: counts of peers with score in
+    /// (-inf,-50], (-50,-10], (-10,10), [10,50), [50,inf).
+    pub fn distribution(&self, now: TimestampMs) -> [usize; 5] {
+        let mut out = [0; 5];
+        for e in self.peers.values() {
+            let s = self.decayed(e.score, e.updated, now);
+            let i = match s {
+                s if s <= -50.0 => 0,
+                s if s <= -10.0 => 1,
+                s if s < 10.0 => 2,
+                s if s < 50.0 => 3,
+                _ => 4,
+            };
+            out[i] += 1;
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: u64 = 60 * 1000;
+
+    /// The scripted table: each step is (time in minutes, reason) and the expected score after
+    /// it (to 0.01) and action.
+    #[test]
+    fn scripted_sequence_gives_exact_scores_decay_disconnects_and_bans() {
+        let mut rep: Reputation<u8> = Reputation::new(ReputationConfig::default());
+        let t = |m: u64| TimestampMs(1_000_000 + m * MIN);
+        let steps: [(u64, Reason, f64, Action); 6] = [
+            (
+                0,
+                Reason::Relay(Offence::RequestTimeout),
+                -2.0,
+                Action::None,
+            ),
+            // Ten minutes later the -2 has halved to -1, then a bad tx: -26.
+            (
+                10,
+                Reason::Relay(Offence::InvalidTransaction),
+                -26.0,
+                Action::None,
+            ),
+            (
+                10,
+                Reason::Relay(Offence::InvalidTransaction),
+                -51.0,
+                Action::Disconnect,
+            ),
+            // One half-life later: -25.5, plus a delivery: -24.5.
+            (20, Reason::Delivered, -24.5, Action::None),
+            (
+                20,
+                Reason::Relay(Offence::InvalidTransaction),
+                -49.5,
+                Action::None,
+            ),
+            (
+                20,
+                Reason::Relay(Offence::InvalidTransaction),
+                -74.5,
+                Action::Disconnect,
+            ),
+        ];
+        for (i, (m, reason, score, action)) in steps.into_iter().enumerate() {
+            assert_eq!(rep.report(1, reason, t(m)), action, "step {i}");
+            assert!(
+                (rep.score(&1, t(m)) - score).abs() < 0.01,
+                "step {i}: {}",
+                rep.score(&1, t(m))
+            );
+        }
+        // One more bad tx crosses the ban threshold (-99.5): banned for the base duration; a
+        // report racing the disconnect does not extend it.
+        let base = Action::Ban {
+            until: TimestampMs(t(20).0 + 60 * MIN),
+        };
+        assert_eq!(
+            rep.report(1, Reason::Relay(Offence::InvalidTransaction), t(20)),
+            base
+        );
+        assert_eq!(
+            rep.report(1, Reason::Relay(Offence::InvalidTransaction), t(20)),
+            base
+        );
+        assert!(rep.is_banned(&1, t(21)) && !rep.is_banned(&1, t(81)));
+        // A fatal offence bans at once; the second ban lasts twice as long.
+        assert_eq!(
+            rep.report(1, Reason::InvalidBlock, t(100)),
+            Action::Ban {
+                until: TimestampMs(t(100).0 + 120 * MIN)
+            }
+        );
+        assert_eq!(rep.log(&1).len(), 9);
+        // Scores are bounded.
+        assert!(rep.score(&1, t(100)) >= MIN_SCORE);
+    }
+
+    #[test]
+    fn local_faults_and_exempt_peers_are_never_punished() {
+        let mut rep: Reputation<u8> = Reputation::new(ReputationConfig::default());
+        let now = TimestampMs(0);
+        rep.set_local_overload(true);
+        for _ in 0..100 {
+            assert_eq!(
+                rep.report(2, Reason::Relay(Offence::RequestTimeout), now),
+                Action::None
+            );
+        }
+        assert_eq!(rep.score(&2, now), 0.0);
+        rep.set_exempt(3, true);
+        assert_eq!(rep.report(3, Reason::InvalidBlock, now), Action::None);
+        assert!(!rep.is_banned(&3, now));
+    }
+
+    #[test]
+    fn an_ip_with_too_many_banned_peers_is_banned() {
+        let mut rep: Reputation<u8> = Reputation::new(ReputationConfig::default());
+        let now = TimestampMs(0);
+        let ip: IpAddr = "10.1.2.3".parse().expect("ip");
+        let mut last = Action::None;
+        for p in 0..5 {
+            rep.note_ip(p, ip, now);
+            last = rep.report(p, Reason::WrongGenesis, now);
+        }
+        assert!(matches!(last, Action::BanWithIp { .. }));
+        assert!(rep.is_ip_banned(&ip, now));
+    }
+
+    #[test]
+    fn bans_round_trip_through_persistence() {
+        let mut rep: Reputation<u8> = Reputation::new(ReputationConfig::default());
+        rep.report(7, Reason::MalformedFrame, TimestampMs(0));
+        let saved = rep.bans(TimestampMs(1));
+        let mut restarted: Reputation<u8> = Reputation::new(ReputationConfig::default());
+        restarted.restore_bans(saved);
+        assert!(restarted.is_banned(&7, TimestampMs(1)));
+        assert!(restarted.unban(&7));
+        assert!(!restarted.is_banned(&7, TimestampMs(1)));
+    }
+}
