@@ -1,16 +1,23 @@
 //! `playergold`: the PlayerGold node binary.
 //!
 //! ```text
-//!  playergold init ──► DATA_DIR/{node_key (0600), genesis.toml, chain.redb}
-//!  playergold node ──► Blockchain (redb) ◄── producer (own slots) ◄── optional tx load (--tps)
-//!                          │
-//!                          └──► status line every few seconds
+//!  playergold init ──► DATA_DIR/{node_key (0600), genesis.toml, config.toml, chain.redb}
+//!  playergold node ──► DATA_DIR/node.lock, config (defaults < file < PLAYERGOLD_* < flags)
+//!                      Blockchain (redb) ◄── producer (own slots) ◄── optional tx load (--tps)
+//!                          │            ◄── HTTP API (axum) ◄── playergold status / tx send
+//!                          └──► status line every 10 s, /metrics
 //! ```
 
+mod api;
+mod client;
+mod config;
 mod keyfile;
+mod lock;
+mod metrics;
 mod run;
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -49,6 +56,39 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Show a running node's status (through its HTTP API).
+    Status(client::ApiArgs),
+    /// Transactions.
+    Tx {
+        #[command(subcommand)]
+        command: TxCommand,
+    },
+    /// Configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TxCommand {
+    /// Sign a transfer locally and submit it to a node.
+    Send(client::TxSendArgs),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the effective config: defaults, config file, PLAYERGOLD_* environment, flags.
+    Show {
+        /// Data directory whose config.toml to read.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Print JSON instead of TOML.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        config: config::ConfigArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -79,6 +119,11 @@ pub(crate) fn init(data_dir: &std::path::Path, network: &str, slot_ms: u64) -> a
         keyfile::create(&key_path, &key)?;
         key
     };
+    let config_path = data_dir.join(config::CONFIG_FILE);
+    if !config_path.exists() {
+        std::fs::write(&config_path, config::EXAMPLE_CONFIG)
+            .with_context(|| format!("cannot write {}", config_path.display()))?;
+    }
     let genesis_path = data_dir.join(GENESIS_FILE);
     if !genesis_path.exists() {
         let mut genesis = Genesis::devnet(network, vec![key.public()], TimestampMs::now())?;
@@ -87,20 +132,41 @@ pub(crate) fn init(data_dir: &std::path::Path, network: &str, slot_ms: u64) -> a
         std::fs::write(&genesis_path, toml::to_string_pretty(&genesis)?)?;
     }
     println!("data dir   {}", data_dir.display());
+    println!("config     {}", config_path.display());
     println!("public key {}", key.public());
     println!("address    {}", key.public().address());
     Ok(())
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+/// Logs to stderr at the level `RUST_LOG` asks for (default `info`).
+pub(crate) fn init_logging(format: config::LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        config::LogFormat::Text => logs.init(),
+        config::LogFormat::Json => logs.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    match dispatch(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // The whole context chain on one line, without a backtrace: operators read this.
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    if !matches!(cli.command, Command::Node(_)) {
+        // The node sets up logging itself once its config (which holds the format) is read.
+        init_logging(config::LogFormat::Text);
+    }
     match cli.command {
         Command::Init {
             data_dir,
@@ -123,5 +189,25 @@ fn main() -> anyhow::Result<()> {
                 Ok(())
             }
         },
+        Command::Status(args) => client::status(args),
+        Command::Tx {
+            command: TxCommand::Send(args),
+        } => client::tx_send(args),
+        Command::Config {
+            command:
+                ConfigCommand::Show {
+                    data_dir,
+                    json,
+                    config,
+                },
+        } => {
+            let config = config.load(data_dir.as_deref())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&config)?);
+            } else {
+                print!("{}", config.to_toml());
+            }
+            Ok(())
+        }
     }
 }

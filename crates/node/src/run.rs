@@ -1,8 +1,14 @@
-//! `playergold node`: open the chain, produce in our slots, optionally generate load, report.
+//! `playergold node`: lock the data dir, open the chain, serve the API, produce in our slots,
+//! optionally generate load, report, and shut down cleanly on SIGINT/SIGTERM.
+//!
+//! ```text
+//!  signal / --seconds ──► stop (watch) ──► producer finishes its block and returns
+//!                                    ├──► API stops accepting, drains (bounded), /health 503
+//!                                    └──► load and status tasks end; chain and lock dropped
+//! ```
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -10,13 +16,21 @@ use playergold_chain::{Blockchain, ChainBackend, ChainConfig, ImportOutcome, Pro
 use playergold_primitives::{
     Address, Amount, Genesis, Keypair, MAX_BLOCK_TXS, Nonce, TimestampMs, UnsignedTransaction,
 };
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
 
+use crate::api::{self, ApiState};
+use crate::config::ConfigArgs;
+use crate::lock::DataDirLock;
+use crate::metrics::NodeMetrics;
 use crate::{CHAIN_FILE, GENESIS_FILE, NODE_KEY_FILE, keyfile};
 
-/// How often the status line is printed.
-const STATUS_INTERVAL: Duration = Duration::from_secs(5);
+/// How often the status line is logged.
+const STATUS_INTERVAL: Duration = Duration::from_secs(10);
 /// How often the load generator submits a batch.
 const LOAD_TICK: Duration = Duration::from_millis(100);
+/// How long API requests in flight may take to finish once shutdown starts.
+const API_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Arguments of `playergold node`.
 #[derive(clap::Args)]
@@ -30,15 +44,25 @@ pub(crate) struct NodeArgs {
     /// Submit this many signed transactions per second to the local mempool.
     #[arg(long, default_value_t = 0)]
     tps: u32,
-    /// Stop by itself after this many seconds (default: run until Ctrl-C).
+    /// Stop by itself after this many seconds (default: run until Ctrl-C or SIGTERM).
     #[arg(long)]
     seconds: Option<u64>,
+    #[command(flatten)]
+    config: ConfigArgs,
 }
 
 pub(crate) fn run(args: NodeArgs) -> anyhow::Result<()> {
+    if args.dev {
+        std::fs::create_dir_all(&args.data_dir)
+            .with_context(|| format!("cannot create data directory {}", args.data_dir.display()))?;
+    }
+    // Held until this function returns, after the runtime and the chain are gone.
+    let _lock = DataDirLock::acquire(&args.data_dir)?;
     if args.dev && !args.data_dir.join(NODE_KEY_FILE).exists() {
         crate::init(&args.data_dir, "devnet", 1_000)?;
     }
+    let config = args.config.load(Some(&args.data_dir))?;
+    crate::init_logging(config.log_format);
     let key = keyfile::load(&args.data_dir.join(NODE_KEY_FILE))?;
     let genesis_path = args.data_dir.join(GENESIS_FILE);
     let genesis: Genesis =
@@ -64,56 +88,122 @@ pub(crate) fn run(args: NodeArgs) -> anyhow::Result<()> {
         chain.tip().hash,
         chain.tip().height
     );
+    tracing::info!(
+        listen = ?config.listen,
+        bootstrap = config.bootstrap.len(),
+        "peer-to-peer networking is not wired in yet: running as a lone node"
+    );
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
-        let deadline = args
-            .seconds
-            .map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
-        let included = Arc::new(AtomicU64::new(0));
-        let producer = tokio::spawn(produce(chain.clone(), key, included.clone()));
+        let metrics = Arc::new(NodeMetrics::new());
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let stop = stop_requested(args.seconds)?;
+        let listener = api::bind(config.api).await?;
+        println!("api listening on {}", listener.local_addr()?);
+        let api = tokio::spawn(api::serve(
+            listener,
+            ApiState {
+                chain: chain.clone(),
+                node_key: key.public(),
+                metrics: metrics.clone(),
+                shutdown: stop_rx.clone(),
+            },
+        ));
+        let mut producer = tokio::spawn(produce(chain.clone(), key, metrics.clone(), stop_rx));
         let load = (args.tps > 0).then(|| tokio::spawn(generate_load(chain.clone(), args.tps)));
-        let status = tokio::spawn(status_lines(chain.clone()));
-        let stop = async {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d).await,
-                None => {
-                    let _ = tokio::signal::ctrl_c().await;
-                }
+        let status = tokio::spawn(status_lines(chain.clone(), metrics.clone()));
+
+        let produced = tokio::select! {
+            reason = stop => {
+                tracing::info!(reason, "shutting down: a second Ctrl-C exits at once");
+                None
             }
+            r = &mut producer => Some(r),
         };
-        tokio::select! {
-            _ = stop => {}
-            r = producer => r??,
-        }
+        tokio::spawn(exit_on_second_interrupt());
+        // Ignoring the error: receivers gone means every task has ended already.
+        let _ = stop_tx.send(true);
+        let produced = match produced {
+            Some(r) => r,
+            None => producer.await,
+        };
         status.abort();
         if let Some(l) = load {
             l.abort();
         }
+        match tokio::time::timeout(API_DRAIN_TIMEOUT, api).await {
+            Ok(served) => served?.context("serving the API")?,
+            Err(_) => tracing::warn!("API requests still open after the drain timeout: dropped"),
+        }
+        produced??;
         let tip = chain.tip();
         println!(
             "node stopped: tip {} at height {}, {} txs included by this node in this run",
             tip.hash,
             tip.height,
-            included.load(Ordering::Relaxed)
+            metrics.transactions_included.get()
         );
         anyhow::Ok(())
     })
 }
 
-/// Produces a block in each of our slots on the current tip.
+/// Resolves when the node should stop: SIGINT, SIGTERM, or `seconds` elapsed. Returns why.
+/// The handlers are installed before this returns, so no signal is lost.
+fn stop_requested(seconds: Option<u64>) -> anyhow::Result<impl Future<Output = &'static str>> {
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(async move {
+        let deadline = async {
+            match seconds {
+                Some(s) => tokio::time::sleep(Duration::from_secs(s)).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = int.recv() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
+            _ = deadline => "--seconds elapsed",
+        }
+    })
+}
+
+/// A second Ctrl-C during shutdown exits at once. Safe for the data: every redb commit is
+/// durable when it returns.
+async fn exit_on_second_interrupt() {
+    if tokio::signal::ctrl_c().await.is_ok() {
+        eprintln!("second interrupt: exiting without waiting for a clean shutdown");
+        std::process::exit(130);
+    }
+}
+
+/// Produces a block in each of our slots on the current tip, until `stop` turns `true`.
 async fn produce(
     chain: Arc<Blockchain>,
     key: Keypair,
-    included: Arc<AtomicU64>,
+    metrics: Arc<NodeMetrics>,
+    mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     loop {
         let now = TimestampMs::now();
-        let Some(at) = chain.next_production_time(&key, now) else {
-            // Not a validator: nothing to produce; idle until stopped.
-            std::future::pending::<()>().await;
-            return Ok(());
+        let at = chain.next_production_time(&key, now);
+        let sleep = async {
+            match at {
+                Some(at) => {
+                    tokio::time::sleep(Duration::from_millis(at.0.saturating_sub(now.0))).await
+                }
+                // Not a validator: nothing to produce; idle until stopped.
+                None => std::future::pending().await,
+            }
         };
-        tokio::time::sleep(Duration::from_millis(at.0.saturating_sub(now.0))).await;
+        tokio::select! {
+            _ = sleep => {}
+            // An error means the sender is gone, which also means stop.
+            _ = stop.wait_for(|s| *s) => return Ok(()),
+        }
+        // Always `Some` here: without a slot the sleep never ends.
+        let Some(at) = at else {
+            continue;
+        };
         let chain = chain.clone();
         let key = key.clone();
         let outcome = tokio::task::spawn_blocking(move || {
@@ -126,7 +216,8 @@ async fn produce(
         .await?;
         match outcome {
             Ok((ImportOutcome::Imported { .. }, txs)) => {
-                included.fetch_add(txs as u64, Ordering::Relaxed);
+                metrics.blocks_produced.inc();
+                metrics.transactions_included.inc_by(txs as u64);
                 tracing::debug!(txs, "produced block");
             }
             Ok((other, _)) => tracing::warn!(?other, "own block not imported"),
@@ -162,18 +253,34 @@ async fn generate_load(chain: Arc<Blockchain>, tps: u32) {
     }
 }
 
-async fn status_lines(chain: Arc<Blockchain>) {
+/// Logs the node's state every [`STATUS_INTERVAL`].
+async fn status_lines(chain: Arc<Blockchain>, metrics: Arc<NodeMetrics>) {
     let mut tick = tokio::time::interval(STATUS_INTERVAL);
+    // The first tick is immediate: skip it, the start-up line already said where we are.
+    tick.tick().await;
     let started = Instant::now();
     loop {
         tick.tick().await;
-        let tip = chain.tip();
-        println!(
-            "status: height {} tip {} mempool {} uptime {}s",
-            tip.height,
-            tip.hash,
-            chain.mempool_len(),
-            started.elapsed().as_secs()
+        let (tip, mempool) = match tokio::task::spawn_blocking({
+            let chain = chain.clone();
+            move || (chain.tip(), chain.mempool_len())
+        })
+        .await
+        {
+            Ok(state) => state,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the chain for the status line");
+                continue;
+            }
+        };
+        tracing::info!(
+            best_height = tip.height.0,
+            best_hash = %tip.hash,
+            mempool,
+            blocks_produced = metrics.blocks_produced.get(),
+            txs_included = metrics.transactions_included.get(),
+            uptime_s = started.elapsed().as_secs(),
+            "status"
         );
     }
 }

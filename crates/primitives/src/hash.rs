@@ -4,10 +4,6 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 use std::fmt;
 use std::str::FromStr;
 
-/// A blake3 digest.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
-pub struct Hash32(pub [u8; 32]);
-
 impl Hash32 {
     /// blake3 of `bytes`.
     pub fn digest(bytes: &[u8]) -> Hash32 {
@@ -104,6 +100,10 @@ macro_rules! hash_newtype {
 }
 
 hash_newtype!(
+    /// A blake3 digest.
+    Hash32, 32
+);
+hash_newtype!(
     /// Identifies a block: blake3 of the canonical encoding of its unsigned header.
     BlockHash, 32
 );
@@ -130,12 +130,6 @@ impl From<Hash32> for BlockHash {
 impl From<Hash32> for TxId {
     fn from(h: Hash32) -> Self {
         TxId(h.0)
-    }
-}
-
-impl fmt::Debug for Hash32 {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Hash32({})", hex::encode(self.0))
     }
 }
 

@@ -1,9 +1,6 @@
 use std::os::unix::fs::PermissionsExt;
-use std::process::Command;
 
-fn playergold() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_playergold"))
-}
+use crate::playergold;
 
 fn height_in(line: &str) -> Option<u64> {
     let mut words = line.split_whitespace();
@@ -44,7 +41,16 @@ fn a_dev_node_produces_blocks_with_transactions_and_resumes_after_restart() {
 
     let run = |secs: &str| {
         let out = playergold()
-            .args(["node", "--tps", "50", "--seconds", secs, "--data-dir"])
+            .args([
+                "node",
+                "--tps",
+                "50",
+                "--api",
+                "127.0.0.1:0",
+                "--seconds",
+                secs,
+            ])
+            .arg("--data-dir")
             .arg(&data)
             .output()
             .expect("run node");
@@ -98,7 +104,14 @@ fn a_key_file_readable_by_others_is_refused() {
     let key = data.join("node_key");
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
     let out = playergold()
-        .args(["node", "--seconds", "1", "--data-dir"])
+        .args([
+            "node",
+            "--seconds",
+            "1",
+            "--api",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(&data)
         .output()
         .expect("run node");

@@ -1,0 +1,501 @@
+//! The HTTP JSON API (axum), on loopback by default.
+//!
+//! ```text
+//!  GET  /health                       200 while serving, 503 once shutting down
+//!  GET  /api/v1/status                StatusResponse
+//!  POST /api/v1/transactions          Transaction (JSON) ──► mempool ──► {"id": TXID}
+//!  GET  /api/v1/transactions/{id}     TxStatusResponse, 404 when unknown
+//!  GET  /api/v1/blocks/{height|hash}  BlockView
+//!  GET  /api/v1/chain?limit=N         ChainView: the tip and the newest blocks
+//!  GET  /metrics                      Prometheus text
+//! ```
+//!
+//! Every chain call runs on the blocking pool: the chain's lock is held across block imports
+//! (a durable commit), which must not stall the async workers. Errors are
+//! `{"error": CODE, "detail": TEXT}` with a matching status code.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use playergold_chain::{Blockchain, ChainBackend, MempoolError, StoreError, TxStatus};
+use playergold_primitives::{
+    Block, BlockHash, BlockHeader, Height, PublicKey, Signature, TimestampMs, Transaction, TxId,
+};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::metrics::{ChainGauges, NodeMetrics};
+
+/// Largest request body accepted. A signed transaction is a few hundred bytes of JSON; this
+/// leaves room for formatting while keeping a flood of large bodies cheap to refuse.
+const MAX_BODY_BYTES: usize = 16 * 1024;
+/// Blocks `GET /api/v1/chain` returns when no `limit` is given.
+const DEFAULT_CHAIN_BLOCKS: usize = 10;
+/// Most blocks `GET /api/v1/chain` returns: each is read from the store under the chain lock.
+const MAX_CHAIN_BLOCKS: usize = 100;
+
+/// What the handlers share.
+#[derive(Debug)]
+pub(crate) struct ApiState {
+    /// The chain.
+    pub(crate) chain: Arc<Blockchain>,
+    /// The node's identity, shown as `peer_id` (its public key until the network lands).
+    pub(crate) node_key: PublicKey,
+    /// The node's metrics.
+    pub(crate) metrics: Arc<NodeMetrics>,
+    /// Becomes `true` when the node starts shutting down; `/health` then answers 503.
+    pub(crate) shutdown: watch::Receiver<bool>,
+}
+
+/// Serves the API on `listener` until `shutdown` turns `true`, then finishes the requests in
+/// flight.
+pub(crate) async fn serve(listener: TcpListener, state: ApiState) -> std::io::Result<()> {
+    let mut shutdown = state.shutdown.clone();
+    axum::serve(listener, router(Arc::new(state)))
+        .with_graceful_shutdown(async move {
+            // An error means the sender is gone: the node is stopping either way.
+            let _ = shutdown.wait_for(|stop| *stop).await;
+        })
+        .await
+}
+
+fn router(state: Arc<ApiState>) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/status", get(status))
+        .route(
+            "/api/v1/transactions",
+            axum::routing::post(submit_transaction),
+        )
+        .route("/api/v1/transactions/{id}", get(transaction_status))
+        .route("/api/v1/blocks/{id}", get(block))
+        .route("/api/v1/chain", get(chain))
+        .fallback(|| async { ApiError::NotFound("no such endpoint".to_string()) })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+enum ApiError {
+    /// The path or query is malformed.
+    #[error("{0}")]
+    BadRequest(String),
+    /// Nothing has that id.
+    #[error("{0}")]
+    NotFound(String),
+    /// The route exists but not for this method.
+    #[error("method not allowed on this endpoint")]
+    MethodNotAllowed,
+    /// The body is not acceptable JSON (syntax, content type, size).
+    #[error("{}", .0.body_text())]
+    Body(#[from] JsonRejection),
+    /// The query string does not parse.
+    #[error("{}", .0.body_text())]
+    Query(#[from] QueryRejection),
+    /// The mempool refused the transaction.
+    #[error(transparent)]
+    Mempool(#[from] MempoolError),
+    /// The chain database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A blocking task panicked or was cancelled.
+    #[error("internal error: {0}")]
+    Internal(#[from] tokio::task::JoinError),
+}
+
+impl ApiError {
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ApiError::Body(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+            }
+            ApiError::Body(r) => (r.status(), "invalid_body"),
+            ApiError::Query(r) => (r.status(), "bad_request"),
+            ApiError::Mempool(MempoolError::AlreadyKnown(_) | MempoolError::AlreadyIncluded(_)) => {
+                (StatusCode::CONFLICT, "duplicate_transaction")
+            }
+            ApiError::Mempool(MempoolError::FeeTooLow { .. }) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "mempool_full")
+            }
+            ApiError::Mempool(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_transaction"),
+            ApiError::Store(_) | ApiError::Internal(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+            }
+        }
+    }
+}
+
+/// The error body.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct ErrorBody {
+    /// A stable machine-readable code, e.g. `not_found`.
+    pub(crate) error: String,
+    /// What went wrong, for a person.
+    pub(crate) detail: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        if status.is_server_error() {
+            tracing::warn!(error = %self, "api request failed");
+        }
+        let body = ErrorBody {
+            error: code.to_string(),
+            detail: self.to_string(),
+        };
+        (status, Json(body)).into_response()
+    }
+}
+
+impl ApiState {
+    /// Runs `f` on the chain in the blocking pool.
+    async fn with_chain<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Blockchain) -> T + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let chain = self.chain.clone();
+        Ok(tokio::task::spawn_blocking(move || f(&chain)).await?)
+    }
+}
+
+async fn health(State(state): State<Arc<ApiState>>) -> Response {
+    if *state.shutdown.borrow() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({"status": "shutting_down"})),
+        )
+            .into_response()
+    } else {
+        Json(serde_json::json!({"status": "ok"})).into_response()
+    }
+}
+
+async fn metrics(State(state): State<Arc<ApiState>>) -> Result<Response, ApiError> {
+    let gauges = state
+        .with_chain(|chain| ChainGauges {
+            height: chain.tip().height.0,
+            mempool_transactions: chain.mempool_len(),
+        })
+        .await?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.encode(gauges),
+    )
+        .into_response())
+}
+
+/// `GET /api/v1/status`.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct StatusResponse {
+    /// The node's identity (its public key, hex).
+    pub(crate) peer_id: String,
+    /// The network name from the genesis.
+    pub(crate) network: String,
+    /// The genesis block hash.
+    pub(crate) genesis_hash: BlockHash,
+    /// Height of the best tip.
+    pub(crate) best_height: Height,
+    /// Hash of the best tip.
+    pub(crate) best_hash: BlockHash,
+    /// Timestamp of the best tip.
+    pub(crate) best_timestamp_ms: TimestampMs,
+    /// Transactions waiting in the mempool.
+    pub(crate) mempool_size: usize,
+    /// Connected peers.
+    pub(crate) peer_count: usize,
+    /// `synced` or `syncing`.
+    pub(crate) sync_state: String,
+    /// `healthy`, `degraded` or `partitioned`.
+    pub(crate) network_state: String,
+    /// Addresses peers can reach us on.
+    pub(crate) listen_addrs: Vec<String>,
+}
+
+async fn status(State(state): State<Arc<ApiState>>) -> Result<Json<StatusResponse>, ApiError> {
+    let peer_id = state.node_key.to_hex();
+    Ok(Json(
+        state
+            .with_chain(move |chain| {
+                let tip = chain.tip();
+                StatusResponse {
+                    peer_id,
+                    network: chain.genesis().network.clone(),
+                    genesis_hash: chain.genesis_hash(),
+                    best_height: tip.height,
+                    best_hash: tip.hash,
+                    best_timestamp_ms: tip.timestamp_ms,
+                    mempool_size: chain.mempool_len(),
+                    // No peer-to-peer network yet: a lone node is its own network, in sync.
+                    peer_count: 0,
+                    sync_state: "synced".to_string(),
+                    network_state: "healthy".to_string(),
+                    listen_addrs: Vec::new(),
+                }
+            })
+            .await?,
+    ))
+}
+
+/// `POST /api/v1/transactions`.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct SubmitResponse {
+    /// The accepted transaction's id.
+    pub(crate) id: TxId,
+}
+
+async fn submit_transaction(
+    State(state): State<Arc<ApiState>>,
+    body: Result<Json<Transaction>, JsonRejection>,
+) -> Result<Json<SubmitResponse>, ApiError> {
+    let Json(tx) = body?;
+    let id = state
+        .with_chain(move |chain| chain.submit_transaction(tx, TimestampMs::now()))
+        .await??;
+    state.metrics.api_transactions_accepted.inc();
+    tracing::debug!(tx = %id, "transaction accepted through the api");
+    Ok(Json(SubmitResponse { id }))
+}
+
+/// Where a transaction is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum TxState {
+    /// In the mempool.
+    Pending,
+    /// In a best-chain block.
+    Included,
+}
+
+/// `GET /api/v1/transactions/{id}`.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct TxStatusResponse {
+    /// Pending or included.
+    pub(crate) status: TxState,
+    /// The including block's height, when included.
+    pub(crate) block_height: Option<Height>,
+    /// The including block's hash, when included.
+    pub(crate) block_hash: Option<BlockHash>,
+}
+
+async fn transaction_status(
+    State(state): State<Arc<ApiState>>,
+    Path(id): Path<String>,
+) -> Result<Json<TxStatusResponse>, ApiError> {
+    let id: TxId = id.parse().map_err(|e| {
+        ApiError::BadRequest(format!(
+            "transaction id {id:?}: {e} (expected 64 hex chars)"
+        ))
+    })?;
+    let response = match state
+        .with_chain(move |chain| chain.tx_status(&id))
+        .await??
+    {
+        TxStatus::Pending => TxStatusResponse {
+            status: TxState::Pending,
+            block_height: None,
+            block_hash: None,
+        },
+        TxStatus::Included { block, height } => TxStatusResponse {
+            status: TxState::Included,
+            block_height: Some(height),
+            block_hash: Some(block),
+        },
+        TxStatus::Unknown => {
+            return Err(ApiError::NotFound(format!(
+                "transaction {id} is neither in the mempool nor in the best chain"
+            )));
+        }
+    };
+    Ok(Json(response))
+}
+
+/// A transaction with its id.
+#[derive(Debug, Serialize)]
+struct TxView {
+    id: TxId,
+    #[serde(flatten)]
+    tx: Transaction,
+}
+
+/// `GET /api/v1/blocks/{id}`: the header's fields, every hash in hex.
+#[derive(Debug, Serialize)]
+struct BlockView {
+    hash: BlockHash,
+    height: Height,
+    parent: BlockHash,
+    timestamp_ms: TimestampMs,
+    /// Merkle root of the transaction ids.
+    tx_root: String,
+    producer: PublicKey,
+    signature: Signature,
+    txs: Vec<TxView>,
+}
+
+impl From<Block> for BlockView {
+    fn from(block: Block) -> Self {
+        let hash = block.hash();
+        let BlockHeader {
+            parent,
+            height,
+            timestamp_ms,
+            tx_root,
+            producer,
+            signature,
+        } = block.header;
+        BlockView {
+            hash,
+            height,
+            parent,
+            timestamp_ms,
+            tx_root: hex::encode(tx_root.0),
+            producer,
+            signature,
+            txs: block
+                .txs
+                .into_iter()
+                .map(|tx| TxView { id: tx.id(), tx })
+                .collect(),
+        }
+    }
+}
+
+/// A block named by its best-chain height or by its hash.
+#[derive(Debug, Clone, Copy)]
+enum BlockRef {
+    Height(Height),
+    Hash(BlockHash),
+}
+
+impl std::str::FromStr for BlockRef {
+    type Err = ApiError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.len() == 2 * std::mem::size_of::<BlockHash>() {
+            s.parse()
+                .map(BlockRef::Hash)
+                .map_err(|e| ApiError::BadRequest(format!("block hash {s:?}: {e}")))
+        } else {
+            s.parse().map(|h| BlockRef::Height(Height(h))).map_err(|_| {
+                ApiError::BadRequest(format!(
+                    "{s:?} is neither a height nor a block hash (64 hex chars)"
+                ))
+            })
+        }
+    }
+}
+
+async fn block(
+    State(state): State<Arc<ApiState>>,
+    Path(id): Path<String>,
+) -> Result<Json<BlockView>, ApiError> {
+    let block_ref: BlockRef = id.parse()?;
+    let found = state
+        .with_chain(move |chain| {
+            let hash = match block_ref {
+                BlockRef::Hash(hash) => hash,
+                BlockRef::Height(height) => match chain.hash_at(height) {
+                    Some(hash) => hash,
+                    None => return Ok(None),
+                },
+            };
+            chain.block(&hash)
+        })
+        .await??;
+    found
+        .map(|b| Json(BlockView::from(b)))
+        .ok_or_else(|| ApiError::NotFound(format!("no block {id}")))
+}
+
+/// `GET /api/v1/chain` query.
+#[derive(Debug, Deserialize)]
+struct ChainQuery {
+    /// How many of the newest blocks to list.
+    limit: Option<usize>,
+}
+
+/// One line of `GET /api/v1/chain`.
+#[derive(Debug, Serialize)]
+struct BlockSummary {
+    height: Height,
+    hash: BlockHash,
+    timestamp_ms: TimestampMs,
+    producer: PublicKey,
+    tx_count: usize,
+}
+
+/// `GET /api/v1/chain`.
+#[derive(Debug, Serialize)]
+struct ChainView {
+    network: String,
+    genesis_hash: BlockHash,
+    tip_height: Height,
+    tip_hash: BlockHash,
+    /// Newest first.
+    blocks: Vec<BlockSummary>,
+}
+
+async fn chain(
+    State(state): State<Arc<ApiState>>,
+    query: Result<Query<ChainQuery>, QueryRejection>,
+) -> Result<Json<ChainView>, ApiError> {
+    let Query(query) = query?;
+    let limit = query
+        .limit
+        .unwrap_or(DEFAULT_CHAIN_BLOCKS)
+        .min(MAX_CHAIN_BLOCKS);
+    let view = state
+        .with_chain(move |chain| -> Result<ChainView, StoreError> {
+            let tip = chain.tip();
+            let mut blocks = Vec::with_capacity(limit);
+            for height in (0..=tip.height.0).rev().take(limit) {
+                // A reorg between reading the tip and here can shorten the chain: list what is
+                // there.
+                let Some(hash) = chain.hash_at(Height(height)) else {
+                    continue;
+                };
+                let Some(block) = chain.block(&hash)? else {
+                    continue;
+                };
+                blocks.push(BlockSummary {
+                    height: block.header.height,
+                    hash,
+                    timestamp_ms: block.header.timestamp_ms,
+                    producer: block.header.producer,
+                    tx_count: block.txs.len(),
+                });
+            }
+            Ok(ChainView {
+                network: chain.genesis().network.clone(),
+                genesis_hash: chain.genesis_hash(),
+                tip_height: tip.height,
+                tip_hash: tip.hash,
+                blocks,
+            })
+        })
+        .await??;
+    Ok(Json(view))
+}
+
+/// Binds the API address, with a message saying what to do when that fails.
+pub(crate) async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen on API address {addr}: pick another with --api HOST:PORT")
+    })
+}

@@ -1,0 +1,190 @@
+//! The commands that talk to a running node's HTTP API: `playergold status` and
+//! `playergold tx send`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use http_body_util::BodyExt;
+use hyper::{Method, Request, StatusCode, header};
+use hyper_util::rt::TokioIo;
+use playergold_primitives::{Address, Amount, Keypair, Nonce, TimestampMs, UnsignedTransaction};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::api::{ErrorBody, StatusResponse, SubmitResponse};
+use crate::config::DEFAULT_API;
+use crate::keyfile;
+
+/// How long one API call may take, connection included.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where the node's API is and how to print its answers.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ApiArgs {
+    /// The node's API address.
+    #[arg(long, value_name = "HOST:PORT", env = "PLAYERGOLD_API", default_value_t = DEFAULT_API.to_string())]
+    api: String,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Arguments of `playergold tx send`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct TxSendArgs {
+    #[command(flatten)]
+    api: ApiArgs,
+    /// Recipient address (40 hex chars).
+    #[arg(long, value_name = "ADDRESS")]
+    to: Address,
+    /// Amount in base units.
+    #[arg(long, value_name = "N")]
+    amount: u64,
+    /// Fee in base units; higher fees are included first.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    fee: u64,
+    /// The sender's sequence number.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    nonce: u64,
+    /// Sender key file (e.g. from `playergold keys generate`) [default: a throw-away key].
+    #[arg(long, value_name = "FILE")]
+    key: Option<PathBuf>,
+}
+
+/// `playergold status`.
+pub(crate) fn status(args: ApiArgs) -> anyhow::Result<()> {
+    let s: StatusResponse = block_on(call(&args.api, Method::GET, "/api/v1/status", None))?;
+    if args.json {
+        return print_json(&s);
+    }
+    println!("peer id        {}", s.peer_id);
+    println!("network        {} (genesis {})", s.network, s.genesis_hash);
+    println!("best block     {} {}", s.best_height, s.best_hash);
+    println!("mempool        {} transactions", s.mempool_size);
+    println!("peers          {}", s.peer_count);
+    println!("sync           {}", s.sync_state);
+    println!("network state  {}", s.network_state);
+    println!("listening on   {}", s.listen_addrs.join(", "));
+    Ok(())
+}
+
+/// `playergold tx send`: signs locally and submits.
+pub(crate) fn tx_send(args: TxSendArgs) -> anyhow::Result<()> {
+    let key = match &args.key {
+        Some(path) => keyfile::load(path)?,
+        None => Keypair::generate(),
+    };
+    let tx = UnsignedTransaction {
+        from: key.public(),
+        to: args.to,
+        amount: Amount(args.amount),
+        fee: Amount(args.fee),
+        nonce: Nonce(args.nonce),
+        timestamp_ms: TimestampMs::now(),
+    }
+    .sign(&key);
+    let body = serde_json::to_string(&tx)?;
+    let r: SubmitResponse = block_on(call(
+        &args.api.api,
+        Method::POST,
+        "/api/v1/transactions",
+        Some(body),
+    ))?;
+    if args.api.json {
+        return print_json(&r);
+    }
+    println!("submitted transaction {}", r.id);
+    println!(
+        "from {}{} to {}, amount {}, fee {}",
+        key.public().address(),
+        if args.key.is_none() {
+            " (a throw-away key)"
+        } else {
+            ""
+        },
+        args.to,
+        args.amount,
+        args.fee
+    );
+    println!(
+        "follow it with: curl http://{}/api/v1/transactions/{}",
+        args.api.api, r.id
+    );
+    Ok(())
+}
+
+fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+fn block_on<T>(f: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(f)
+}
+
+/// One HTTP/1.1 request to the API, decoding a JSON answer or the API's error body.
+async fn call<T: DeserializeOwned>(
+    api: &str,
+    method: Method,
+    path: &str,
+    body: Option<String>,
+) -> anyhow::Result<T> {
+    let (status, bytes) = tokio::time::timeout(REQUEST_TIMEOUT, request(api, method, path, body))
+        .await
+        .with_context(|| {
+            format!(
+                "the node's API at {api} did not answer within {}s",
+                REQUEST_TIMEOUT.as_secs()
+            )
+        })??;
+    if status.is_success() {
+        return serde_json::from_slice(&bytes).with_context(|| {
+            format!("unexpected answer from {api}{path}: is that a playergold node?")
+        });
+    }
+    match serde_json::from_slice::<ErrorBody>(&bytes) {
+        Ok(e) => bail!(
+            "the node refused: {} ({}, HTTP {status})",
+            e.detail,
+            e.error
+        ),
+        Err(_) => bail!("HTTP {status} from {api}{path}: is that a playergold node's API address?"),
+    }
+}
+
+async fn request(
+    api: &str,
+    method: Method,
+    path: &str,
+    body: Option<String>,
+) -> anyhow::Result<(StatusCode, Vec<u8>)> {
+    let stream = tokio::net::TcpStream::connect(api).await.with_context(|| {
+        format!(
+            "cannot reach the node's API at {api}: is `playergold node` running? \
+             Pass its address with --api HOST:PORT"
+        )
+    })?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .with_context(|| format!("HTTP handshake with {api}"))?;
+    let connection = tokio::spawn(connection);
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(header::HOST, api);
+    if body.is_some() {
+        req = req.header(header::CONTENT_TYPE, "application/json");
+    }
+    let response = sender
+        .send_request(req.body(body.unwrap_or_default())?)
+        .await
+        .with_context(|| format!("request to {api}{path}"))?;
+    let status = response.status();
+    let bytes = response.into_body().collect().await?.to_bytes().to_vec();
+    connection.abort();
+    Ok((status, bytes))
+}

@@ -1,0 +1,212 @@
+//! The HTTP API and the commands that use it, against a running node.
+
+use crate::{RunningNode, http, http_json, init, playergold, run_ok, wait_for};
+
+#[test]
+fn a_transaction_sent_with_the_cli_is_included_and_shown_by_the_api() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("node");
+    let public_key = init(&data);
+    let node = RunningNode::start(&data);
+    let api = node.api.clone();
+
+    assert_eq!(http(&api, "GET", "/health", None).0, 200);
+    let status: serde_json::Value = serde_json::from_str(&run_ok(
+        playergold().args(["status", "--json", "--api", &api]),
+    ))
+    .expect("status JSON");
+    assert_eq!(status["peer_id"], public_key.as_str());
+    assert_eq!(status["network"], "testnet");
+    assert_eq!(status["sync_state"], "synced");
+    assert_eq!(status["network_state"], "healthy");
+    assert_eq!(status["peer_count"], 0);
+    assert!(status["best_hash"].as_str().is_some_and(|h| h.len() == 64));
+    let human = run_ok(playergold().args(["status", "--api", &api]));
+    assert!(
+        human.contains("testnet") && human.contains("synced"),
+        "{human}"
+    );
+
+    let to = "11".repeat(20);
+    let sent: serde_json::Value = serde_json::from_str(&run_ok(playergold().args([
+        "tx", "send", "--json", "--api", &api, "--to", &to, "--amount", "5", "--fee", "2",
+    ])))
+    .expect("tx send JSON");
+    let id = sent["id"].as_str().expect("tx id").to_string();
+
+    let included = wait_for("the transaction to be included", || {
+        let (code, tx) = http_json(&api, "GET", &format!("/api/v1/transactions/{id}"), None);
+        assert_eq!(code, 200, "{tx}");
+        (tx["status"] == "included").then_some(tx)
+    });
+    let height = included["block_height"].as_u64().expect("block height");
+    let (code, block) = http_json(&api, "GET", &format!("/api/v1/blocks/{height}"), None);
+    assert_eq!(code, 200, "{block}");
+    assert_eq!(block["hash"], included["block_hash"]);
+    let tx = &block["txs"][0];
+    assert_eq!(tx["id"], id.as_str());
+    assert_eq!(tx["to"], to.as_str());
+    assert_eq!(tx["amount"], 5);
+    let hash = block["hash"].as_str().expect("block hash");
+    let (code, by_hash) = http_json(&api, "GET", &format!("/api/v1/blocks/{hash}"), None);
+    assert_eq!((code, &by_hash["height"]), (200, &block["height"]));
+
+    let (code, chain) = http_json(&api, "GET", "/api/v1/chain?limit=2", None);
+    assert_eq!(code, 200, "{chain}");
+    assert!(chain["tip_height"].as_u64() >= Some(height), "{chain}");
+    // The tip is at least at the including block's height (>= 1): two blocks exist.
+    assert_eq!(chain["blocks"].as_array().map(Vec::len), Some(2), "{chain}");
+    assert_eq!(
+        chain["blocks"][0]["hash"], chain["tip_hash"],
+        "newest first"
+    );
+
+    let (code, metrics) = http(&api, "GET", "/metrics", None);
+    assert_eq!(code, 200);
+    let value = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing:\n{metrics}"))
+    };
+    assert_eq!(value("playergold_api_transactions_accepted_total"), 1);
+    assert!(value("playergold_transactions_included_total") >= 1);
+    assert!(value("playergold_blocks_produced_total") >= 1);
+    assert!(value("playergold_chain_height") >= height);
+    dashboard_uses_only_exported_metrics(&metrics);
+
+    let (exit, stopped, stderr) = node.terminate();
+    assert!(exit.success(), "{stderr}");
+    assert!(stderr.contains("SIGTERM"), "{stderr}");
+    assert!(stopped.contains("1 txs included"), "{stopped}");
+}
+
+#[test]
+fn api_errors_are_json_with_a_matching_status_code() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("node");
+    init(&data);
+    let node = RunningNode::start(&data);
+    let api = node.api.as_str();
+
+    let unknown_tx = format!("/api/v1/transactions/{}", "ab".repeat(32));
+    let oversized = format!("{{\"pad\": \"{}\"}}", "x".repeat(32 * 1024));
+    for (method, path, body, code, error) in [
+        ("GET", unknown_tx.as_str(), None, 404, "not_found"),
+        ("GET", "/api/v1/transactions/xyz", None, 400, "bad_request"),
+        ("GET", "/api/v1/blocks/999999", None, 404, "not_found"),
+        ("GET", "/api/v1/blocks/tip", None, 400, "bad_request"),
+        ("GET", "/api/v1/nothing", None, 404, "not_found"),
+        ("DELETE", "/api/v1/status", None, 405, "method_not_allowed"),
+        (
+            "POST",
+            "/api/v1/transactions",
+            Some("{"),
+            400,
+            "invalid_body",
+        ),
+        (
+            "POST",
+            "/api/v1/transactions",
+            Some("{}"),
+            422,
+            "invalid_body",
+        ),
+        (
+            "POST",
+            "/api/v1/transactions",
+            Some(oversized.as_str()),
+            413,
+            "payload_too_large",
+        ),
+    ] {
+        let (got, json) = http_json(api, method, path, body);
+        assert_eq!(
+            (got, &json["error"]),
+            (code, &error.into()),
+            "{method} {path}: {json}"
+        );
+        assert!(
+            json["detail"].as_str().is_some_and(|d| !d.is_empty()),
+            "{json}"
+        );
+    }
+
+    let out = playergold()
+        .args([
+            "tx",
+            "send",
+            "--api",
+            "127.0.0.1:1",
+            "--to",
+            &"22".repeat(20),
+            "--amount",
+            "1",
+        ])
+        .output()
+        .expect("run tx send");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("is `playergold node` running?"), "{stderr}");
+}
+
+#[test]
+fn a_second_node_on_the_same_data_dir_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("node");
+    init(&data);
+    let first = RunningNode::start(&data);
+    let second = playergold()
+        .args([
+            "node",
+            "--api",
+            "127.0.0.1:0",
+            "--seconds",
+            "1",
+            "--data-dir",
+        ])
+        .arg(&data)
+        .output()
+        .expect("run the second node");
+    assert!(!second.status.success());
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        stderr.contains("is in use by another playergold node"),
+        "unclear error: {stderr}"
+    );
+    let (exit, _, stderr) = first.terminate();
+    assert!(exit.success(), "{stderr}");
+}
+
+/// Every `playergold_*` series in `etc/grafana-dashboard.json` is one the node exports.
+fn dashboard_uses_only_exported_metrics(exposition: &str) {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../etc/grafana-dashboard.json"
+    );
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("read the dashboard"))
+            .expect("dashboard JSON");
+    let exprs: Vec<&str> = dashboard["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .flat_map(|p| p["targets"].as_array().into_iter().flatten())
+        .filter_map(|t| t["expr"].as_str())
+        .collect();
+    assert!(!exprs.is_empty());
+    for expr in exprs {
+        for (start, _) in expr.match_indices("playergold_") {
+            let name: String = expr[start..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            assert!(
+                exposition
+                    .lines()
+                    .any(|l| l.starts_with(&format!("{name} "))),
+                "the dashboard queries {name}, which the node does not export"
+            );
+        }
+    }
+}
