@@ -18,7 +18,9 @@
 
 pub mod ai;
 mod capabilities;
+pub mod rate;
 pub mod relay;
 pub mod reputation;
+pub mod sync;
 
 pub use capabilities::Capabilities;

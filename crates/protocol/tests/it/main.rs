@@ -3,3 +3,4 @@
 mod codec;
 mod propagation;
 mod sim;
+mod sync;
