@@ -1,0 +1,1352 @@
+//! The connection manager: a deterministic policy with no I/O and no clock.
+//!
+//! [`ConnectionManager`] decides which connections to accept, which peer to evict when full,
+//! whom to dial and when, and which duplicate connection to close. The libp2p adapter
+//! ([`crate::behaviour`]) feeds it events with the current time and carries out the
+//! [`Action`]s it returns; unit tests drive it with a fake clock.
+//!
+//! Rules:
+//! - Outbound target `min_peers`; total cap `max_peers`; inbound slots are
+//!   `max_peers - outbound_reserve`.
+//! - Persistent peers are always redialled and never evicted; outbound peers are never evicted.
+//! - When the inbound slots are full a new inbound peer may evict an inbound one: the best-score,
+//!   lowest-latency, recently useful, most diverse and longest-connected peers are protected, and
+//!   the victim is the youngest peer of the most crowded IP group (/16 for IPv4, /32 for IPv6),
+//!   so an attacker with many connections from one group only displaces itself.
+//! - Dial addresses fail into a per-address exponential backoff with jitter; anchors (our last
+//!   outbound peers) are dialled first.
+
+use std::cmp::Reverse;
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use ipnet::IpNet;
+use libp2p::swarm::ConnectionId;
+use libp2p::{Multiaddr, PeerId};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use serde::{Deserialize, Serialize};
+
+use crate::addrbook::{
+    AddrSource, AddressBook, BackoffConfig, UnixTime, ip_of, is_global, split_peer_id,
+};
+use crate::config::NetworkConfig;
+
+/// Most dials the manager starts at once. Eight lets a fresh node reach its outbound target in
+/// one round while bounding the sockets and handshakes a bad address book can cost us.
+pub const MAX_CONCURRENT_DIALS: usize = 8;
+
+/// A dial with no outcome after this long is forgotten (libp2p times dials out well before).
+pub const DIAL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Connected peers asked for addresses in one [`ConnectionManager::poll`] when the address
+/// book has too few candidates: two answers usually suffice, and it bounds our request rate.
+pub const ADDR_REQUESTS_PER_POLL: usize = 2;
+
+/// At most this share (in percent) of the inbound peers is protected from eviction, so a
+/// newcomer can always displace somebody on a small node too (Bitcoin's absolute protection
+/// counts assume ~117 inbound slots; a node with 8 would otherwise protect them all and a
+/// saturated network could never admit a new node).
+pub const MAX_PROTECTED_PERCENT: usize = 75;
+
+/// An outbound connection that closes sooner than this counts as a failed dial: the peer
+/// refused or evicted us, or is flaky, and the backoff sends our next dials elsewhere.
+pub const SHORT_LIVED_CONNECTION: Duration = Duration::from_secs(10);
+
+/// Most peers with a remembered score: as many as the address book holds, so every known peer
+/// can keep its score while the map stays bounded.
+pub const MAX_SCORED_PEERS: usize = crate::addrbook::MAX_ADDRESS_BOOK_ENTRIES;
+
+/// Eviction protection: peers kept for the best reputation score.
+pub const PROTECT_BY_SCORE: usize = 4;
+/// Eviction protection: peers kept for the lowest ping latency.
+pub const PROTECT_BY_LATENCY: usize = 8;
+/// Eviction protection: peers kept for most recently delivering a new block or transaction.
+pub const PROTECT_BY_USEFUL: usize = 4;
+/// Eviction protection: peers kept, one per distinct IP group, least crowded groups first, so
+/// peers that are alone in their group survive a flood from one group.
+pub const PROTECT_BY_GROUP: usize = 4;
+
+/// A peer's reputation score; higher is better. Reputation lands in a later issue: until then
+/// every peer scores 0 unless a caller sets it.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct Score(pub i32);
+
+/// Who opened a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Direction {
+    /// The remote dialled us.
+    Inbound,
+    /// We dialled the remote.
+    Outbound,
+}
+
+/// The network group of an IP address: the /16 of an IPv4 address, the /32 of an IPv6 one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum IpGroup {
+    /// First two octets of an IPv4 address.
+    V4([u8; 2]),
+    /// First four octets of an IPv6 address.
+    V6([u8; 4]),
+}
+
+impl IpGroup {
+    /// The group of `ip`. IPv4-mapped IPv6 addresses count as IPv4.
+    pub fn of(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(v4) => {
+                let o = v4.octets();
+                Self::V4([o[0], o[1]])
+            }
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => Self::of(IpAddr::V4(v4)),
+                None => {
+                    let o = v6.octets();
+                    Self::V6([o[0], o[1], o[2], o[3]])
+                }
+            },
+        }
+    }
+}
+
+/// Why a connection is refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// The peer id is on the deny list.
+    #[error("peer {0} is on the deny list")]
+    DeniedPeer(PeerId),
+    /// The IP address is in a denied network.
+    #[error("address {0} is in a denied network")]
+    DeniedIp(IpAddr),
+    /// Allow lists are set and the peer matches none.
+    #[error("peer {0} is not on the allow list")]
+    NotAllowed(PeerId),
+    /// Too many inbound connections from this IP address.
+    #[error("too many inbound connections from {0}")]
+    PerIpLimit(IpAddr),
+    /// Inbound slots are full and every inbound peer is protected.
+    #[error("inbound slots are full and no peer can be evicted")]
+    Full,
+    /// The connection is to ourselves.
+    #[error("connection to self")]
+    SelfConnection,
+}
+
+/// Why the manager wants a peer gone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum DisconnectReason {
+    /// Evicted to make room for a new inbound peer.
+    Evicted,
+    /// Missed a heartbeat.
+    HeartbeatTimeout,
+    /// Asked by a local caller.
+    Requested,
+    /// Belongs to another network.
+    WrongNetwork,
+    /// Now on a deny list.
+    Denied,
+}
+
+/// What the adapter must do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Dial `peer` at these addresses.
+    Dial {
+        /// The peer.
+        peer: PeerId,
+        /// Its addresses whose backoff expired.
+        addrs: Vec<Multiaddr>,
+    },
+    /// Close every connection to `peer`.
+    Disconnect {
+        /// The peer.
+        peer: PeerId,
+        /// Why.
+        reason: DisconnectReason,
+    },
+    /// Ask `peer` for addresses (peer exchange).
+    RequestAddrs {
+        /// The peer to ask.
+        peer: PeerId,
+    },
+    /// Close one connection (a duplicate to an already connected peer).
+    CloseConnection {
+        /// The peer.
+        peer: PeerId,
+        /// The connection to close.
+        connection: ConnectionId,
+    },
+}
+
+/// A connected peer, as reported by [`ConnectionManager::peers`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// The peer.
+    pub peer: PeerId,
+    /// Direction of the connection we keep.
+    pub direction: Direction,
+    /// Remote IP, if the transport has one.
+    pub ip: Option<IpAddr>,
+    /// Last measured ping round trip.
+    pub latency: Option<Duration>,
+    /// Reputation score.
+    pub score: Score,
+    /// Whether it is a persistent peer.
+    pub persistent: bool,
+}
+
+/// One inbound peer seen by the eviction algorithm.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EvictionCandidate {
+    /// The peer.
+    pub peer: PeerId,
+    /// Its IP group, if known.
+    pub group: Option<IpGroup>,
+    /// When it connected.
+    pub connected_at: Instant,
+    /// Reputation score.
+    pub score: Score,
+    /// Last ping round trip.
+    pub latency: Option<Duration>,
+    /// Last time it delivered a new block or transaction.
+    pub last_useful: Option<Instant>,
+}
+
+/// Removes up to `n` (and at most `budget`) candidates that sort first by `key`.
+fn protect<K: Ord>(
+    candidates: &mut Vec<EvictionCandidate>,
+    n: usize,
+    budget: &mut usize,
+    key: impl Fn(&EvictionCandidate) -> K,
+) {
+    // Sort so the best come first; ties go to the longer-connected and then to the peer id, so
+    // the outcome never depends on map iteration order.
+    candidates.sort_by(|a, b| {
+        key(a)
+            .cmp(&key(b))
+            .then(a.connected_at.cmp(&b.connected_at))
+            .then(a.peer.cmp(&b.peer))
+    });
+    let n = n.min(candidates.len()).min(*budget);
+    *budget -= n;
+    candidates.drain(..n);
+}
+
+/// Picks the inbound peer to evict, or `None` when every candidate is protected.
+///
+/// Protected, in order: [`PROTECT_BY_GROUP`] peers from the least crowded distinct groups,
+/// [`PROTECT_BY_SCORE`] best scores, [`PROTECT_BY_LATENCY`] lowest latencies,
+/// [`PROTECT_BY_USEFUL`] most recently useful, then half of the rest by connection age; in all
+/// at most [`MAX_PROTECTED_PERCENT`] of the candidates. The victim is the youngest peer of the most crowded remaining group (ties: the group with the
+/// youngest peer).
+pub fn select_eviction_victim(candidates: &[EvictionCandidate]) -> Option<PeerId> {
+    let mut rest = candidates.to_vec();
+    let mut budget = rest.len() * MAX_PROTECTED_PERCENT / 100;
+    let mut group_sizes: HashMap<Option<IpGroup>, usize> = HashMap::new();
+    for c in &rest {
+        *group_sizes.entry(c.group).or_default() += 1;
+    }
+    // One per group, least crowded groups first.
+    let mut by_group: Vec<EvictionCandidate> = rest.clone();
+    by_group.sort_by_key(|c| (group_sizes[&c.group], c.connected_at, c.peer));
+    let mut seen = HashSet::new();
+    let group_protected: HashSet<PeerId> = by_group
+        .iter()
+        .filter(|c| seen.insert(c.group))
+        .take(PROTECT_BY_GROUP.min(budget))
+        .map(|c| c.peer)
+        .collect();
+    rest.retain(|c| !group_protected.contains(&c.peer));
+    budget -= group_protected.len();
+
+    protect(&mut rest, PROTECT_BY_SCORE, &mut budget, |c| {
+        Reverse(c.score)
+    });
+    protect(&mut rest, PROTECT_BY_LATENCY, &mut budget, |c| {
+        c.latency.unwrap_or(Duration::MAX)
+    });
+    // Only peers that were useful at all earn this protection.
+    let useful = rest
+        .iter()
+        .filter(|c| c.last_useful.is_some())
+        .count()
+        .min(PROTECT_BY_USEFUL);
+    protect(&mut rest, useful, &mut budget, |c| Reverse(c.last_useful));
+    let half = rest.len() / 2;
+    protect(&mut rest, half, &mut budget, |c| c.connected_at);
+
+    let mut groups: HashMap<Option<IpGroup>, Vec<&EvictionCandidate>> = HashMap::new();
+    for c in &rest {
+        groups.entry(c.group).or_default().push(c);
+    }
+    let youngest = |members: &Vec<&EvictionCandidate>| {
+        members
+            .iter()
+            .max_by_key(|c| (c.connected_at, c.peer))
+            .map(|c| (c.connected_at, c.peer))
+    };
+    groups
+        .values()
+        .max_by_key(|members| (members.len(), youngest(members)))
+        .and_then(youngest)
+        .map(|(_, peer)| peer)
+}
+
+#[derive(Clone, Debug)]
+struct ConnState {
+    peer: PeerId,
+    direction: Direction,
+    ip: Option<IpAddr>,
+}
+
+#[derive(Clone, Debug)]
+struct PeerState {
+    primary: ConnectionId,
+    direction: Direction,
+    ip: Option<IpAddr>,
+    connected_at: Instant,
+    latency: Option<Duration>,
+    last_useful: Option<Instant>,
+    score: Score,
+    evicting: bool,
+}
+
+/// The connection manager (see the module documentation).
+#[derive(Debug)]
+pub struct ConnectionManager {
+    local: PeerId,
+    min_outbound: usize,
+    max_peers: usize,
+    inbound_slots: usize,
+    max_inbound_per_ip: usize,
+    allow_local_addresses: bool,
+    allow_peers: HashSet<PeerId>,
+    allow_cidrs: Vec<IpNet>,
+    deny_peers: HashSet<PeerId>,
+    deny_cidrs: Vec<IpNet>,
+    persistent: HashSet<PeerId>,
+    backoff: BackoffConfig,
+    addr_request_interval: Duration,
+    last_addr_request: HashMap<PeerId, Instant>,
+    rng: StdRng,
+    book: AddressBook,
+    connections: HashMap<ConnectionId, ConnState>,
+    peers: HashMap<PeerId, PeerState>,
+    dialing: HashMap<PeerId, Instant>,
+    scores: HashMap<PeerId, Score>,
+}
+
+impl ConnectionManager {
+    /// A manager for `local` with the limits and peers of `config`, starting from `book` (the
+    /// persisted address book). Bootstrap and persistent peers are added to the book.
+    pub fn new(local: PeerId, config: &NetworkConfig, mut book: AddressBook) -> Self {
+        let mut persistent = HashSet::new();
+        for (addrs, source) in [
+            (&config.bootstrap, AddrSource::Bootstrap),
+            (&config.persistent_peers, AddrSource::Persistent),
+        ] {
+            for addr in addrs {
+                if let (addr, Some(peer)) = split_peer_id(addr) {
+                    book.add(peer, [addr], source);
+                    if source == AddrSource::Persistent {
+                        persistent.insert(peer);
+                    }
+                }
+            }
+        }
+        let rng = match config.rng_seed {
+            Some(seed) => StdRng::seed_from_u64(seed),
+            None => StdRng::from_entropy(),
+        };
+        Self {
+            local,
+            min_outbound: config.min_peers,
+            max_peers: config.max_peers,
+            inbound_slots: config.inbound_slots(),
+            max_inbound_per_ip: config.max_inbound_per_ip,
+            allow_local_addresses: config.allow_local_addresses,
+            allow_peers: config.allow_peers.iter().copied().collect(),
+            allow_cidrs: config.allow_cidrs.clone(),
+            deny_peers: config.deny_peers.iter().copied().collect(),
+            deny_cidrs: config.deny_cidrs.clone(),
+            persistent,
+            backoff: config.backoff,
+            addr_request_interval: config.addr_request_interval,
+            last_addr_request: HashMap::new(),
+            rng,
+            book,
+            connections: HashMap::new(),
+            peers: HashMap::new(),
+            dialing: HashMap::new(),
+            scores: HashMap::new(),
+        }
+    }
+
+    /// The address book.
+    pub fn book(&self) -> &AddressBook {
+        &self.book
+    }
+
+    /// Marks the current outbound peers as anchors and encodes the book for the store.
+    pub fn encode_book(&mut self) -> Vec<u8> {
+        let mut outbound: Vec<(&PeerId, &PeerState)> = self
+            .peers
+            .iter()
+            .filter(|(_, s)| s.direction == Direction::Outbound)
+            .collect();
+        // Longest-connected first: they have proven themselves the longest.
+        outbound.sort_by_key(|(p, s)| (s.connected_at, **p));
+        let anchors: Vec<PeerId> = outbound.into_iter().map(|(p, _)| *p).collect();
+        self.book.set_anchors(&anchors);
+        self.book.encode()
+    }
+
+    /// Adds addresses learned from `source`. Unless local addresses are allowed, loopback and
+    /// private addresses from peers (identify, peer exchange) are dropped.
+    pub fn add_addresses(&mut self, peer: PeerId, addrs: Vec<Multiaddr>, source: AddrSource) {
+        if peer == self.local {
+            return;
+        }
+        let allow_local = self.allow_local_addresses || source.is_trusted();
+        let addrs = addrs.into_iter().filter(|a| allow_local || is_global(a));
+        self.book.add(peer, addrs, source);
+    }
+
+    fn ip_denied(&self, ip: IpAddr) -> bool {
+        self.deny_cidrs.iter().any(|net| net.contains(&ip))
+    }
+
+    fn check_access(&self, peer: PeerId, ip: Option<IpAddr>) -> Result<(), Refusal> {
+        if peer == self.local {
+            return Err(Refusal::SelfConnection);
+        }
+        if self.deny_peers.contains(&peer) {
+            return Err(Refusal::DeniedPeer(peer));
+        }
+        if let Some(ip) = ip.filter(|ip| self.ip_denied(*ip)) {
+            return Err(Refusal::DeniedIp(ip));
+        }
+        let restricted = !self.allow_peers.is_empty() || !self.allow_cidrs.is_empty();
+        let allowed = self.allow_peers.contains(&peer)
+            || ip.is_some_and(|ip| self.allow_cidrs.iter().any(|net| net.contains(&ip)));
+        if restricted && !allowed && !self.persistent.contains(&peer) {
+            return Err(Refusal::NotAllowed(peer));
+        }
+        Ok(())
+    }
+
+    fn inbound_from_ip(&self, ip: IpAddr) -> usize {
+        self.peers
+            .values()
+            .filter(|s| s.direction == Direction::Inbound && !s.evicting && s.ip == Some(ip))
+            .count()
+    }
+
+    fn live_peers(&self, direction: Direction) -> usize {
+        self.peers
+            .values()
+            .filter(|s| s.direction == direction && !s.evicting)
+            .count()
+    }
+
+    /// Checks an inbound connection before its handshake, knowing only the remote IP.
+    pub fn check_pending_inbound(&self, ip: Option<IpAddr>) -> Result<(), Refusal> {
+        if let Some(ip) = ip {
+            if self.ip_denied(ip) {
+                return Err(Refusal::DeniedIp(ip));
+            }
+            if self.inbound_from_ip(ip) >= self.max_inbound_per_ip {
+                return Err(Refusal::PerIpLimit(ip));
+            }
+        }
+        Ok(())
+    }
+
+    /// Decides on an authenticated inbound connection. `Ok` may carry a [`Action::Disconnect`]
+    /// evicting another inbound peer; the connection itself is registered later by
+    /// [`ConnectionManager::on_established`].
+    pub fn check_established_inbound(
+        &mut self,
+        peer: PeerId,
+        ip: Option<IpAddr>,
+    ) -> Result<Vec<Action>, Refusal> {
+        self.check_access(peer, ip)?;
+        if self.peers.contains_key(&peer) || self.persistent.contains(&peer) {
+            // A duplicate is resolved in `on_established`; persistent peers always get in.
+            return Ok(Vec::new());
+        }
+        self.check_pending_inbound(ip)?;
+        let total = self.live_peers(Direction::Inbound) + self.live_peers(Direction::Outbound);
+        if self.live_peers(Direction::Inbound) < self.inbound_slots && total < self.max_peers {
+            return Ok(Vec::new());
+        }
+        let candidates: Vec<EvictionCandidate> = self
+            .peers
+            .iter()
+            .filter(|(p, s)| {
+                s.direction == Direction::Inbound && !s.evicting && !self.persistent.contains(p)
+            })
+            .map(|(p, s)| EvictionCandidate {
+                peer: *p,
+                group: s.ip.map(IpGroup::of),
+                connected_at: s.connected_at,
+                score: s.score,
+                latency: s.latency,
+                last_useful: s.last_useful,
+            })
+            .collect();
+        let victim = select_eviction_victim(&candidates).ok_or(Refusal::Full)?;
+        if let Some(state) = self.peers.get_mut(&victim) {
+            state.evicting = true;
+        }
+        tracing::debug!(%victim, newcomer = %peer, "evicting inbound peer");
+        Ok(vec![Action::Disconnect {
+            peer: victim,
+            reason: DisconnectReason::Evicted,
+        }])
+    }
+
+    /// Decides on an authenticated outbound connection: only the access lists apply, since we
+    /// chose to dial.
+    pub fn check_established_outbound(
+        &self,
+        peer: PeerId,
+        ip: Option<IpAddr>,
+    ) -> Result<(), Refusal> {
+        self.check_access(peer, ip)
+    }
+
+    /// Checks a dial before it starts: a denied peer is not dialled, nor a peer whose every
+    /// address is in a denied network.
+    pub fn check_dial(&self, peer: PeerId, addrs: &[Multiaddr]) -> Result<(), Refusal> {
+        if peer == self.local {
+            return Err(Refusal::SelfConnection);
+        }
+        if self.deny_peers.contains(&peer) {
+            return Err(Refusal::DeniedPeer(peer));
+        }
+        let denied_ip = |a: &Multiaddr| ip_of(a).filter(|ip| self.ip_denied(*ip));
+        // `Some` only when every address is denied; then refuse with the first one.
+        match addrs
+            .iter()
+            .map(denied_ip)
+            .collect::<Option<Vec<IpAddr>>>()
+            .and_then(|ips| ips.first().copied())
+        {
+            Some(ip) => Err(Refusal::DeniedIp(ip)),
+            None => Ok(()),
+        }
+    }
+
+    /// Registers an established connection. Returns a [`Action::CloseConnection`] when it
+    /// duplicates an existing one: both ends keep the connection dialled by the smaller peer id,
+    /// so simultaneous dials never end with both connections closed.
+    pub fn on_established(
+        &mut self,
+        connection: ConnectionId,
+        peer: PeerId,
+        direction: Direction,
+        remote: &Multiaddr,
+        now: Instant,
+        wall: UnixTime,
+    ) -> Vec<Action> {
+        let ip = ip_of(remote);
+        self.connections.insert(
+            connection,
+            ConnState {
+                peer,
+                direction,
+                ip,
+            },
+        );
+        if direction == Direction::Outbound {
+            self.dialing.remove(&peer);
+            self.book.record_connected(&peer, Some(remote), wall);
+        } else {
+            self.book.record_connected(&peer, None, wall);
+        }
+        let score = self.scores.get(&peer).copied().unwrap_or_default();
+        let Some(existing) = self.peers.get_mut(&peer) else {
+            self.peers.insert(
+                peer,
+                PeerState {
+                    primary: connection,
+                    direction,
+                    ip,
+                    connected_at: now,
+                    latency: None,
+                    last_useful: None,
+                    score,
+                    evicting: false,
+                },
+            );
+            if direction == Direction::Outbound {
+                self.last_addr_request.insert(peer, now);
+                return vec![Action::RequestAddrs { peer }];
+            }
+            return Vec::new();
+        };
+        let dialer_of = |d: Direction| {
+            if d == Direction::Outbound {
+                self.local
+            } else {
+                peer
+            }
+        };
+        let keep_new =
+            existing.direction != direction && dialer_of(direction) < dialer_of(existing.direction);
+        let close = if keep_new {
+            let old = existing.primary;
+            existing.primary = connection;
+            existing.direction = direction;
+            existing.ip = ip;
+            old
+        } else {
+            connection
+        };
+        vec![Action::CloseConnection {
+            peer,
+            connection: close,
+        }]
+    }
+
+    /// Forgets a closed connection. A primary outbound connection that lived less than
+    /// [`SHORT_LIVED_CONNECTION`] counts as a failed dial.
+    pub fn on_closed(&mut self, connection: ConnectionId, now: Instant) {
+        let Some(conn) = self.connections.remove(&connection) else {
+            return;
+        };
+        let Some(state) = self.peers.get(&conn.peer) else {
+            return;
+        };
+        if state.primary != connection {
+            return;
+        }
+        if state.direction == Direction::Outbound
+            && now.saturating_duration_since(state.connected_at) < SHORT_LIVED_CONNECTION
+        {
+            self.book
+                .record_peer_failure(&conn.peer, now, &self.backoff, &mut self.rng);
+        }
+        let other = self
+            .connections
+            .iter()
+            .find(|(_, c)| c.peer == conn.peer)
+            .map(|(id, c)| (*id, c.clone()));
+        match other {
+            Some((id, c)) => {
+                if let Some(state) = self.peers.get_mut(&conn.peer) {
+                    state.primary = id;
+                    state.direction = c.direction;
+                    state.ip = c.ip;
+                }
+            }
+            None => {
+                self.peers.remove(&conn.peer);
+                self.last_addr_request.remove(&conn.peer);
+            }
+        }
+    }
+
+    /// Records a dial we started (through [`Action::Dial`] or a manual connect).
+    pub fn on_dial_started(&mut self, peer: PeerId, now: Instant) {
+        self.dialing.insert(peer, now);
+    }
+
+    /// Forgets a dial that libp2p did not start (the peer was already connected or dialling).
+    pub fn on_dial_cancelled(&mut self, peer: PeerId) {
+        self.dialing.remove(&peer);
+    }
+
+    /// Records a failed dial: every address in `failed` backs off; if no address was named the
+    /// peer as a whole backs off.
+    pub fn on_dial_failure(&mut self, peer: PeerId, failed: &[Multiaddr], now: Instant) {
+        self.dialing.remove(&peer);
+        if self.peers.contains_key(&peer) {
+            // Lost a race against an established connection: nothing failed.
+            return;
+        }
+        for addr in failed {
+            self.book
+                .record_addr_failure(&peer, addr, now, &self.backoff, &mut self.rng);
+        }
+        self.book
+            .record_peer_failure(&peer, now, &self.backoff, &mut self.rng);
+    }
+
+    /// Records a ping round trip.
+    pub fn on_ping(&mut self, peer: PeerId, rtt: Duration) {
+        if let Some(state) = self.peers.get_mut(&peer) {
+            state.latency = Some(rtt);
+        }
+    }
+
+    /// A missed heartbeat: the peer is disconnected (and replaced by the dial logic).
+    pub fn on_ping_failure(&mut self, peer: PeerId) -> Vec<Action> {
+        if self.peers.contains_key(&peer) {
+            vec![Action::Disconnect {
+                peer,
+                reason: DisconnectReason::HeartbeatTimeout,
+            }]
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// The peer delivered a new block or transaction (protects it from eviction).
+    pub fn mark_useful(&mut self, peer: PeerId, now: Instant) {
+        if let Some(state) = self.peers.get_mut(&peer) {
+            state.last_useful = Some(now);
+        }
+    }
+
+    /// Sets a peer's reputation score (kept across reconnects while the peer is connected or in
+    /// the address book).
+    pub fn set_score(&mut self, peer: PeerId, score: Score) {
+        if self.scores.len() >= MAX_SCORED_PEERS && !self.scores.contains_key(&peer) {
+            let (peers, book) = (&self.peers, &self.book);
+            self.scores
+                .retain(|p, _| peers.contains_key(p) || book.get(p).is_some());
+            if self.scores.len() >= MAX_SCORED_PEERS {
+                return;
+            }
+        }
+        self.scores.insert(peer, score);
+        if let Some(state) = self.peers.get_mut(&peer) {
+            state.score = score;
+        }
+    }
+
+    /// Whether `peer` is a persistent peer.
+    pub fn is_persistent(&self, peer: &PeerId) -> bool {
+        self.persistent.contains(peer)
+    }
+
+    /// Whether `peer` is connected.
+    pub fn is_connected(&self, peer: &PeerId) -> bool {
+        self.peers.contains_key(peer)
+    }
+
+    /// Connected peers, sorted by peer id.
+    pub fn peers(&self) -> Vec<PeerInfo> {
+        let mut out: Vec<PeerInfo> = self
+            .peers
+            .iter()
+            .map(|(p, s)| PeerInfo {
+                peer: *p,
+                direction: s.direction,
+                ip: s.ip,
+                latency: s.latency,
+                score: s.score,
+                persistent: self.persistent.contains(p),
+            })
+            .collect();
+        out.sort_by_key(|i| i.peer);
+        out
+    }
+
+    /// Number of connected peers with the given direction.
+    pub fn count(&self, direction: Direction) -> usize {
+        self.peers
+            .values()
+            .filter(|s| s.direction == direction)
+            .count()
+    }
+
+    /// The dials to start now: persistent peers that are down, then, while below the outbound
+    /// target, the best candidates of the address book (anchors first, then fewest failures,
+    /// most recently seen, IP groups we have no outbound peer in).
+    pub fn poll(&mut self, now: Instant) -> Vec<Action> {
+        self.dialing
+            .retain(|_, started| now.saturating_duration_since(*started) < DIAL_TIMEOUT);
+        for (peer, state) in &self.peers {
+            if now.saturating_duration_since(state.connected_at) >= SHORT_LIVED_CONNECTION {
+                self.book.record_healthy(peer);
+            }
+        }
+        let mut actions = Vec::new();
+        let mut persistent: Vec<PeerId> = self.persistent.iter().copied().collect();
+        persistent.sort();
+        for peer in persistent {
+            if self.peers.contains_key(&peer) || self.dialing.contains_key(&peer) {
+                continue;
+            }
+            let addrs = self.book.dialable(&peer, now);
+            if !addrs.is_empty() {
+                self.dialing.insert(peer, now);
+                actions.push(Action::Dial { peer, addrs });
+            }
+        }
+
+        let outbound = self.live_peers(Direction::Outbound);
+        let total = outbound + self.live_peers(Direction::Inbound);
+        let in_flight = self.dialing.len();
+        let want = self
+            .min_outbound
+            .saturating_sub(outbound + in_flight)
+            .min(MAX_CONCURRENT_DIALS.saturating_sub(in_flight))
+            .min(self.max_peers.saturating_sub(total + in_flight));
+        if want == 0 {
+            return actions;
+        }
+        let used_groups: HashSet<IpGroup> = self
+            .peers
+            .values()
+            .filter(|s| s.direction == Direction::Outbound)
+            .filter_map(|s| s.ip.map(IpGroup::of))
+            .collect();
+        // Sort key: not an anchor, IP group already used, failures, least recently seen, peer id.
+        type DialKey = (bool, bool, u32, Reverse<Option<UnixTime>>, PeerId);
+        let mut candidates: Vec<(DialKey, Vec<Multiaddr>)> = self
+            .book
+            .records()
+            .filter(|r| {
+                !self.peers.contains_key(&r.peer)
+                    && !self.dialing.contains_key(&r.peer)
+                    && r.peer != self.local
+                    && !self.deny_peers.contains(&r.peer)
+            })
+            .filter_map(|r| {
+                let addrs: Vec<Multiaddr> = self
+                    .book
+                    .dialable(&r.peer, now)
+                    .into_iter()
+                    .filter(|a| ip_of(a).is_none_or(|ip| !self.ip_denied(ip)))
+                    .collect();
+                let group = addrs.iter().find_map(ip_of).map(IpGroup::of);
+                let group_used = group.is_some_and(|g| used_groups.contains(&g));
+                (!addrs.is_empty()).then_some((
+                    (
+                        !r.anchor,
+                        group_used,
+                        r.failures.0,
+                        Reverse(r.last_seen),
+                        r.peer,
+                    ),
+                    addrs,
+                ))
+            })
+            .collect();
+        candidates.sort_by_key(|(key, _)| *key);
+        if candidates.len() < want {
+            let mut ask: Vec<PeerId> = self
+                .peers
+                .iter()
+                .filter(|(p, s)| {
+                    !s.evicting
+                        && self.last_addr_request.get(p).is_none_or(|t| {
+                            now.saturating_duration_since(*t) >= self.addr_request_interval
+                        })
+                })
+                .map(|(p, _)| *p)
+                .collect();
+            ask.sort();
+            for peer in ask.into_iter().take(ADDR_REQUESTS_PER_POLL) {
+                self.last_addr_request.insert(peer, now);
+                actions.push(Action::RequestAddrs { peer });
+            }
+        }
+        for ((.., peer), addrs) in candidates.into_iter().take(want) {
+            self.dialing.insert(peer, now);
+            actions.push(Action::Dial { peer, addrs });
+        }
+        actions
+    }
+
+    /// Forgets a peer's addresses (it belongs to another network, or lied about itself).
+    pub fn forget(&mut self, peer: &PeerId) {
+        self.book.remove(peer);
+    }
+
+    /// Adds a peer to the deny list and returns the disconnect to carry out if it is connected.
+    pub fn deny(&mut self, peer: PeerId) -> Vec<Action> {
+        self.deny_peers.insert(peer);
+        if self.peers.contains_key(&peer) {
+            vec![Action::Disconnect {
+                peer,
+                reason: DisconnectReason::Denied,
+            }]
+        } else {
+            Vec::new()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::protocol::NetworkName;
+
+    /// A fake clock: a fixed origin plus whatever the test advances.
+    struct Clock(Instant);
+
+    impl Clock {
+        fn advance(&mut self, d: Duration) -> Instant {
+            self.0 += d;
+            self.0
+        }
+    }
+
+    fn config(min: usize, max: usize, reserve: usize) -> NetworkConfig {
+        let mut cfg = NetworkConfig::new(NetworkName::new("unit").expect("valid"));
+        cfg.min_peers = min;
+        cfg.max_peers = max;
+        cfg.outbound_reserve = reserve;
+        cfg.max_inbound_per_ip = 100;
+        cfg.allow_local_addresses = true;
+        cfg.rng_seed = Some(42);
+        cfg.backoff = BackoffConfig {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(60),
+            jitter_percent: 0,
+        };
+        cfg
+    }
+
+    fn ip_addr(a: u8, b: u8, c: u8, d: u8) -> Multiaddr {
+        format!("/ip4/{a}.{b}.{c}.{d}/udp/1/quic-v1")
+            .parse()
+            .expect("addr")
+    }
+
+    struct Harness {
+        mgr: ConnectionManager,
+        next_conn: usize,
+        clock: Clock,
+    }
+
+    impl Harness {
+        fn new(cfg: &NetworkConfig) -> Self {
+            Self {
+                mgr: ConnectionManager::new(PeerId::random(), cfg, AddressBook::new()),
+                next_conn: 1,
+                clock: Clock(Instant::now()),
+            }
+        }
+
+        fn conn(&mut self) -> ConnectionId {
+            self.next_conn += 1;
+            ConnectionId::new_unchecked(self.next_conn)
+        }
+
+        /// Connects an inbound peer from `addr`; returns its id and the evictions it caused.
+        fn inbound(&mut self, addr: Multiaddr) -> (PeerId, Result<Vec<Action>, Refusal>) {
+            let peer = PeerId::random();
+            let now = self.clock.advance(Duration::from_secs(1));
+            let verdict = self.mgr.check_established_inbound(peer, ip_of(&addr));
+            if let Ok(actions) = &verdict {
+                let c = self.conn();
+                self.mgr
+                    .on_established(c, peer, Direction::Inbound, &addr, now, UnixTime(1));
+                for a in actions {
+                    if let Action::Disconnect { peer, .. } = a {
+                        self.close_peer(*peer);
+                    }
+                }
+            }
+            (peer, verdict)
+        }
+
+        fn outbound(&mut self, addr: Multiaddr) -> PeerId {
+            let peer = PeerId::random();
+            let now = self.clock.advance(Duration::from_secs(1));
+            let c = self.conn();
+            self.mgr
+                .on_established(c, peer, Direction::Outbound, &addr, now, UnixTime(1));
+            peer
+        }
+
+        fn close_peer(&mut self, peer: PeerId) {
+            let ids: Vec<ConnectionId> = self
+                .mgr
+                .connections
+                .iter()
+                .filter(|(_, c)| c.peer == peer)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in ids {
+                self.mgr.on_closed(id, self.clock.0);
+            }
+        }
+    }
+
+    #[test]
+    fn ip_groups_are_slash16_and_slash32() {
+        let a = IpGroup::of(IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3)));
+        let b = IpGroup::of(IpAddr::V4(Ipv4Addr::new(10, 1, 200, 9)));
+        let c = IpGroup::of(IpAddr::V4(Ipv4Addr::new(10, 2, 2, 3)));
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        let mapped: IpAddr = "::ffff:10.1.9.9".parse().expect("ip");
+        assert_eq!(IpGroup::of(mapped), a);
+        let v6a: IpAddr = "2001:db8:1::1".parse().expect("ip");
+        let v6b: IpAddr = "2001:db8:2::1".parse().expect("ip");
+        assert_eq!(IpGroup::of(v6a), IpGroup::of(v6b));
+    }
+
+    #[test]
+    fn dials_from_book_up_to_target_with_anchors_first() {
+        let cfg = config(3, 10, 4);
+        let mut book = AddressBook::new();
+        let peers: Vec<PeerId> = (0..6).map(|_| PeerId::random()).collect();
+        for (i, p) in peers.iter().enumerate() {
+            book.add(*p, [ip_addr(10, i as u8, 0, 1)], AddrSource::PeerExchange);
+        }
+        book.set_anchors(&[peers[4], peers[5]]);
+        let mut mgr = ConnectionManager::new(PeerId::random(), &cfg, book);
+        let now = Instant::now();
+        let dials: Vec<PeerId> = mgr
+            .poll(now)
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::Dial { peer, .. } => Some(peer),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(dials.len(), 3);
+        assert!(
+            dials.contains(&peers[4]) && dials.contains(&peers[5]),
+            "anchors dialled first"
+        );
+        // In flight dials count towards the target: nothing more to do.
+        assert!(mgr.poll(now).is_empty());
+    }
+
+    #[test]
+    fn failed_dials_back_off_exponentially() {
+        let cfg = config(1, 10, 4);
+        let mut book = AddressBook::new();
+        let p = PeerId::random();
+        let addr = ip_addr(10, 0, 0, 1);
+        book.add(p, [addr.clone()], AddrSource::PeerExchange);
+        let mut mgr = ConnectionManager::new(PeerId::random(), &cfg, book);
+        let mut clock = Clock(Instant::now());
+        let mut waits = Vec::new();
+        for _ in 0..5 {
+            let mut t = clock.0;
+            // Find the first whole second at which the peer is dialled again.
+            let mut waited = 0;
+            loop {
+                if mgr
+                    .poll(t)
+                    .iter()
+                    .any(|a| matches!(a, Action::Dial { peer, .. } if *peer == p))
+                {
+                    break;
+                }
+                waited += 1;
+                t = clock.advance(Duration::from_secs(1));
+            }
+            waits.push(waited);
+            mgr.on_dial_failure(p, std::slice::from_ref(&addr), t);
+        }
+        // Per-address and per-peer failure counts grow together: 1, 2, 4, 8 seconds.
+        assert_eq!(waits, [0, 1, 2, 4, 8]);
+    }
+
+    #[test]
+    fn persistent_peers_are_always_redialled_and_never_evicted() {
+        let mut cfg = config(0, 4, 1);
+        let persistent = PeerId::random();
+        cfg.persistent_peers.push(
+            format!("/ip4/10.9.0.1/tcp/1/p2p/{persistent}")
+                .parse()
+                .expect("addr"),
+        );
+        let mut h = Harness::new(&cfg);
+        let now = h.clock.0;
+        assert!(
+            matches!(h.mgr.poll(now).as_slice(), [Action::Dial { peer, .. }] if *peer == persistent)
+        );
+        // It connects inbound instead; fill the rest of the inbound slots from one group.
+        let c = h.conn();
+        h.mgr.on_established(
+            c,
+            persistent,
+            Direction::Inbound,
+            &ip_addr(10, 9, 0, 1),
+            now,
+            UnixTime(1),
+        );
+        for i in 0..10 {
+            // Accepted, accepted with an eviction, or refused once all are protected.
+            let _ = h.inbound(ip_addr(10, 66, 0, i));
+        }
+        assert!(h.mgr.is_connected(&persistent));
+    }
+
+    #[test]
+    fn outbound_peers_are_never_evicted() {
+        let cfg = config(2, 4, 2);
+        let mut h = Harness::new(&cfg);
+        let out1 = h.outbound(ip_addr(10, 1, 0, 1));
+        let out2 = h.outbound(ip_addr(10, 2, 0, 1));
+        for i in 0..20 {
+            let _ = h.inbound(ip_addr(10, 66, 0, i));
+        }
+        assert!(h.mgr.is_connected(&out1) && h.mgr.is_connected(&out2));
+        assert_eq!(h.mgr.count(Direction::Inbound), 2);
+    }
+
+    #[test]
+    fn flood_from_one_group_does_not_evict_protected_or_diverse_peers() {
+        // 20 inbound slots; 12 honest peers in distinct groups, some useful, one high score.
+        let cfg = config(0, 20, 0);
+        let mut h = Harness::new(&cfg);
+        let honest: Vec<PeerId> = (0..12).map(|i| h.inbound(ip_addr(10, i, 0, 1)).0).collect();
+        h.mgr.mark_useful(honest[3], h.clock.0);
+        h.mgr.set_score(honest[7], Score(100));
+        h.mgr.on_ping(honest[9], Duration::from_millis(1));
+        // 40 inbound from one /16 group.
+        let mut evicted_attackers = 0;
+        for i in 0..40 {
+            let (_, verdict) = h.inbound(ip_addr(66, 66, 0, i));
+            if let Ok(actions) = verdict {
+                evicted_attackers += actions.len();
+            }
+        }
+        for p in &honest {
+            assert!(h.mgr.is_connected(p), "honest peer {p} was evicted");
+        }
+        assert_eq!(h.mgr.count(Direction::Inbound), 20);
+        assert!(
+            evicted_attackers > 0,
+            "the flood evicted its own connections"
+        );
+    }
+
+    #[test]
+    fn victim_is_youngest_of_most_crowded_unprotected_group() {
+        let t0 = Instant::now();
+        let mk = |i: u64, group: [u8; 2]| EvictionCandidate {
+            peer: PeerId::random(),
+            group: Some(IpGroup::V4(group)),
+            connected_at: t0 + Duration::from_secs(i),
+            score: Score(0),
+            latency: Some(Duration::from_millis(50)),
+            last_useful: None,
+        };
+        // 30 peers: 15 alone in their group (oldest), 5 in [2,2], the 10 youngest in [1,1].
+        let mut cands = Vec::new();
+        for i in 0..30u64 {
+            let group = match i {
+                0..15 => [3, i as u8],
+                15..20 => [2, 2],
+                _ => [1, 1],
+            };
+            cands.push(mk(i, group));
+        }
+        let victim = select_eviction_victim(&cands).expect("someone unprotected");
+        assert_eq!(victim, cands[29].peer, "youngest of the most crowded group");
+        // At most three quarters are protected: of four lone peers, the youngest goes.
+        assert_eq!(select_eviction_victim(&cands[..4]), Some(cands[3].peer));
+        assert_eq!(select_eviction_victim(&[]), None);
+    }
+
+    #[test]
+    fn per_ip_limit_and_deny_lists() {
+        let mut cfg = config(0, 50, 0);
+        cfg.max_inbound_per_ip = 2;
+        let denied_peer = PeerId::random();
+        cfg.deny_peers.push(denied_peer);
+        cfg.deny_cidrs.push("192.0.2.0/24".parse().expect("cidr"));
+        let mut h = Harness::new(&cfg);
+        let a = ip_addr(10, 0, 0, 1);
+        assert!(h.inbound(a.clone()).1.is_ok());
+        assert!(h.inbound(a.clone()).1.is_ok());
+        assert!(matches!(
+            h.inbound(a.clone()).1,
+            Err(Refusal::PerIpLimit(_))
+        ));
+        let ip = ip_of(&ip_addr(192, 0, 2, 7));
+        assert!(matches!(
+            h.mgr.check_pending_inbound(ip),
+            Err(Refusal::DeniedIp(_))
+        ));
+        assert!(matches!(
+            h.mgr.check_established_outbound(denied_peer, None),
+            Err(Refusal::DeniedPeer(_))
+        ));
+        assert!(matches!(
+            h.mgr.check_dial(denied_peer, &[]),
+            Err(Refusal::DeniedPeer(_))
+        ));
+        let denied_addr = ip_addr(192, 0, 2, 7);
+        let ok_addr = ip_addr(10, 0, 0, 9);
+        assert!(matches!(
+            h.mgr
+                .check_dial(PeerId::random(), std::slice::from_ref(&denied_addr)),
+            Err(Refusal::DeniedIp(_))
+        ));
+        assert!(
+            h.mgr
+                .check_dial(PeerId::random(), &[denied_addr, ok_addr])
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn allow_list_restricts_to_listed_peers_and_networks() {
+        let mut cfg = config(0, 50, 0);
+        let friend = PeerId::random();
+        cfg.allow_peers.push(friend);
+        cfg.allow_cidrs.push("10.5.0.0/16".parse().expect("cidr"));
+        let mut mgr = ConnectionManager::new(PeerId::random(), &cfg, AddressBook::new());
+        let outside = ip_of(&ip_addr(10, 6, 0, 1));
+        let inside = ip_of(&ip_addr(10, 5, 0, 1));
+        assert!(mgr.check_established_inbound(friend, outside).is_ok());
+        assert!(
+            mgr.check_established_inbound(PeerId::random(), inside)
+                .is_ok()
+        );
+        assert!(matches!(
+            mgr.check_established_inbound(PeerId::random(), outside),
+            Err(Refusal::NotAllowed(_))
+        ));
+    }
+
+    #[test]
+    fn duplicate_connections_resolve_identically_on_both_ends() {
+        let cfg = config(0, 50, 0);
+        let a = PeerId::random();
+        let b = PeerId::random();
+        let mut ma = ConnectionManager::new(a, &cfg, AddressBook::new());
+        let mut mb = ConnectionManager::new(b, &cfg, AddressBook::new());
+        let now = Instant::now();
+        let addr = ip_addr(10, 0, 0, 1);
+        // Connection 1 dialled by a, connection 2 dialled by b; each end sees them in a
+        // different order.
+        let (c1, c2) = (
+            ConnectionId::new_unchecked(1),
+            ConnectionId::new_unchecked(2),
+        );
+        ma.on_established(c1, b, Direction::Outbound, &addr, now, UnixTime(1));
+        let ca = ma.on_established(c2, b, Direction::Inbound, &addr, now, UnixTime(1));
+        mb.on_established(c1, a, Direction::Inbound, &addr, now, UnixTime(1));
+        let cb = mb.on_established(c2, a, Direction::Outbound, &addr, now, UnixTime(1));
+        let closed = |v: &[Action]| match v {
+            [Action::CloseConnection { connection, .. }] => *connection,
+            other => panic!("expected one close, got {other:?}"),
+        };
+        assert_eq!(
+            closed(&ca),
+            closed(&cb),
+            "both ends close the same connection"
+        );
+        let kept = if a < b { c1 } else { c2 };
+        assert_ne!(closed(&ca), kept);
+    }
+
+    #[test]
+    fn heartbeat_failure_disconnects_and_is_replaced() {
+        let cfg = config(1, 10, 2);
+        let mut book = AddressBook::new();
+        let spare = PeerId::random();
+        book.add(spare, [ip_addr(10, 2, 0, 1)], AddrSource::PeerExchange);
+        let mut mgr = ConnectionManager::new(PeerId::random(), &cfg, book);
+        let dead = PeerId::random();
+        let now = Instant::now();
+        let c = ConnectionId::new_unchecked(1);
+        let first = mgr.on_established(
+            c,
+            dead,
+            Direction::Outbound,
+            &ip_addr(10, 1, 0, 1),
+            now,
+            UnixTime(1),
+        );
+        assert_eq!(
+            first,
+            vec![Action::RequestAddrs { peer: dead }],
+            "asks a new outbound peer for addresses"
+        );
+        assert!(mgr.poll(now).is_empty(), "at target");
+        assert_eq!(
+            mgr.on_ping_failure(dead),
+            vec![Action::Disconnect {
+                peer: dead,
+                reason: DisconnectReason::HeartbeatTimeout
+            }]
+        );
+        mgr.on_closed(c, now + SHORT_LIVED_CONNECTION);
+        assert!(matches!(mgr.poll(now).as_slice(), [Action::Dial { peer, .. }] if *peer == spare));
+    }
+
+    #[test]
+    fn peer_that_drops_us_at_once_backs_off_exponentially() {
+        let cfg = config(1, 10, 2);
+        let mut book = AddressBook::new();
+        let p = PeerId::random();
+        let addr = ip_addr(10, 0, 0, 1);
+        book.add(p, [addr.clone()], AddrSource::PeerExchange);
+        let mut mgr = ConnectionManager::new(PeerId::random(), &cfg, book);
+        let mut clock = Clock(Instant::now());
+        let mut waits = Vec::new();
+        for round in 0..5 {
+            let mut waited = 0;
+            while !mgr
+                .poll(clock.0)
+                .iter()
+                .any(|a| matches!(a, Action::Dial { .. }))
+            {
+                waited += 1;
+                clock.advance(Duration::from_secs(1));
+            }
+            waits.push(waited);
+            // It accepts, then closes the connection after 100 ms (full, or evicting us).
+            let c = ConnectionId::new_unchecked(round);
+            mgr.on_established(c, p, Direction::Outbound, &addr, clock.0, UnixTime(1));
+            mgr.on_closed(c, clock.advance(Duration::from_millis(100)));
+        }
+        assert_eq!(waits, [0, 1, 2, 4, 8]);
+        // A connection that lasts clears the failures.
+        let c = ConnectionId::new_unchecked(99);
+        clock.advance(Duration::from_secs(60));
+        mgr.poll(clock.0);
+        mgr.on_established(c, p, Direction::Outbound, &addr, clock.0, UnixTime(1));
+        mgr.poll(clock.advance(SHORT_LIVED_CONNECTION));
+        assert_eq!(mgr.book().get(&p).expect("known").failures.0, 0);
+    }
+
+    #[test]
+    fn anchors_are_current_outbound_peers() {
+        let cfg = config(2, 10, 2);
+        let mut h = Harness::new(&cfg);
+        let out = h.outbound(ip_addr(10, 1, 0, 1));
+        h.mgr
+            .add_addresses(out, vec![ip_addr(10, 1, 0, 1)], AddrSource::Identify);
+        let (inb, _) = h.inbound(ip_addr(10, 2, 0, 1));
+        h.mgr
+            .add_addresses(inb, vec![ip_addr(10, 2, 0, 1)], AddrSource::Identify);
+        let book = AddressBook::decode(&h.mgr.encode_book()).expect("decodes");
+        assert!(book.get(&out).expect("kept").anchor);
+        assert!(!book.get(&inb).expect("kept").anchor);
+    }
+
+    #[test]
+    fn local_addresses_from_peers_are_dropped_unless_allowed() {
+        let mut cfg = config(1, 10, 2);
+        cfg.allow_local_addresses = false;
+        let mut mgr = ConnectionManager::new(PeerId::random(), &cfg, AddressBook::new());
+        let p = PeerId::random();
+        mgr.add_addresses(
+            p,
+            vec!["/ip4/127.0.0.1/tcp/1".parse().expect("addr")],
+            AddrSource::Identify,
+        );
+        assert!(mgr.book().get(&p).is_none());
+        mgr.add_addresses(
+            p,
+            vec!["/ip4/127.0.0.1/tcp/1".parse().expect("addr")],
+            AddrSource::Manual,
+        );
+        assert!(mgr.book().get(&p).is_some());
+    }
+}
