@@ -21,6 +21,13 @@
 //!          └──────── bounded broadcast ──▶ NetworkEvent subscribers    peers, events, ...)
 //! ```
 //!
+//! Where to look: [`service`] (the task and its [`NetworkHandle`]), [`policy`] (who to accept,
+//! evict and dial), [`addrbook`] (known peers and their persistence), [`identity`] (the node
+//! key), [`config`], [`protocol`] (protocol ids `/playergold/<network>/<protocol>/<version>`),
+//! [`framing`] (length-delimited frames with a per-protocol limit), [`peer_exchange`] (minimal
+//! address discovery), [`metrics`], and `testnet` (feature `test-utils`: N real nodes on
+//! 127.0.0.0/8 for tests).
+//!
 //! Only TLS 1.3 is compiled in: rustls is built without its `tls12` feature (only this crate's
 //! tests enable it, to check that a TLS 1.2 client is refused), and there is no Noise and no
 //! plaintext transport.

@@ -2,7 +2,7 @@
 //!
 //! [`ConnectionManager`] decides which connections to accept, which peer to evict when full,
 //! whom to dial and when, and which duplicate connection to close. The libp2p adapter
-//! ([`crate::behaviour`]) feeds it events with the current time and carries out the
+//! (the crate-private `behaviour` module) feeds it events with the current time and carries out the
 //! [`Action`]s it returns; unit tests drive it with a fake clock.
 //!
 //! Rules:

@@ -50,6 +50,7 @@ pub fn tcp_addr(ip: Ipv4Addr) -> Multiaddr {
 /// and a fixed jitter seed.
 pub fn test_config(ip: Ipv4Addr) -> NetworkConfig {
     let mut cfg = NetworkConfig::new(
+        // TEST_NETWORK is a constant made of [a-z], so it is always a valid name.
         NetworkName::new(TEST_NETWORK).unwrap_or_else(|_| unreachable!("valid name")),
     );
     cfg.listen_addrs = vec![quic_addr(ip)];
@@ -143,7 +144,7 @@ impl TestNode {
 const RECHECK: Duration = Duration::from_millis(100);
 
 /// Waits until `pred(index, peers)` holds for every node, re-checking whenever any node emits an
-/// event (and every [`RECHECK`] for conditions no event announces). Returns every node's peers, or a description of the nodes that did not get there.
+/// event (and every 100 ms for conditions no event announces, such as ping latencies). Returns every node's peers, or a description of the nodes that did not get there.
 pub async fn wait_all(
     nodes: &[TestNode],
     timeout: Duration,
