@@ -1,5 +1,6 @@
 //! Integration tests of `playergold-net`: real sockets on 127.0.0.0/8, real TLS.
 
+mod chain_store;
 mod eviction;
 mod heartbeat;
 mod identity;
