@@ -762,21 +762,19 @@ impl ChainBackend for Blockchain {
     }
 
     fn tx_status(&self, id: &TxId) -> Result<TxStatus, StoreError> {
-        if let Some(block) = self.store.tx_block(id)? {
-            let height = self
-                .state
-                .lock()
-                .index
-                .get(&block)
-                .map(|e| e.height)
-                .ok_or_else(|| {
-                    StoreError::Corrupt(format!("tx index names unknown block {block}"))
-                })?;
-            return Ok(TxStatus::Included { block, height });
-        }
-        if self.mempool_contains(id) {
+        // Under the state lock: an import holds it from mempool removal through its commit, so
+        // a transaction is never seen as neither pending nor included.
+        let st = self.state.lock();
+        if st.mempool.contains(id) {
             return Ok(TxStatus::Pending);
         }
-        Ok(TxStatus::Unknown)
+        let Some(block) = self.store.tx_block(id)? else {
+            return Ok(TxStatus::Unknown);
+        };
+        let height =
+            st.index.get(&block).map(|e| e.height).ok_or_else(|| {
+                StoreError::Corrupt(format!("tx index names unknown block {block}"))
+            })?;
+        Ok(TxStatus::Included { block, height })
     }
 }

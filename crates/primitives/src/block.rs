@@ -165,13 +165,6 @@ impl codec::WireDecode for Block {
     const WHAT: &'static str = "block";
 
     fn check(&self) -> Result<(), DecodeError> {
-        if self.txs.len() > crate::MAX_BLOCK_TXS {
-            return Err(DecodeError::TooManyItems {
-                what: Self::WHAT,
-                count: self.txs.len(),
-                max: crate::MAX_BLOCK_TXS,
-            });
-        }
-        Ok(())
+        codec::check_count(Self::WHAT, self.txs.len(), crate::MAX_BLOCK_TXS)
     }
 }

@@ -62,6 +62,14 @@ pub trait WireDecode: DeserializeOwned {
     }
 }
 
+/// Fails with [`DecodeError::TooManyItems`] when `count` exceeds `max` (for `WireDecode::check`).
+pub fn check_count(what: &'static str, count: usize, max: usize) -> Result<(), DecodeError> {
+    if count > max {
+        return Err(DecodeError::TooManyItems { what, count, max });
+    }
+    Ok(())
+}
+
 /// The canonical encoding of `value`.
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
     // postcard only fails for types serde cannot describe (maps with non-string keys are fine,

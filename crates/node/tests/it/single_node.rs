@@ -16,23 +16,7 @@ fn height_in(line: &str) -> Option<u64> {
 fn a_dev_node_produces_blocks_with_transactions_and_resumes_after_restart() {
     let dir = tempfile::tempdir().expect("temp dir");
     let data = dir.path().join("node");
-    let init = playergold()
-        .args([
-            "init",
-            "--network",
-            "testnet",
-            "--slot-ms",
-            "200",
-            "--data-dir",
-        ])
-        .arg(&data)
-        .output()
-        .expect("run init");
-    assert!(
-        init.status.success(),
-        "{}",
-        String::from_utf8_lossy(&init.stderr)
-    );
+    crate::init(&data);
     let mode = std::fs::metadata(data.join("node_key"))
         .expect("key file")
         .permissions()

@@ -980,18 +980,26 @@ impl<P: PeerKey> RelayEngine<P> {
         }
     }
 
-    fn on_challenge(&mut self, peer: P, challenge: Challenge) {
-        let id = challenge.id();
-        let item = InvItem::Challenge(id);
+    /// Marks `item` known to `peer` and says whether it is new and correctly signed: duplicates
+    /// are dropped, bad signatures penalised.
+    fn accept_signed(&mut self, peer: P, item: InvItem, signed_ok: impl FnOnce() -> bool) -> bool {
         self.mark_known(&peer, item);
         if self.seen.contains(&item) {
-            return;
+            return false;
         }
-        if challenge.verify().is_err() {
+        if !signed_ok() {
             self.penalize(peer, Offence::InvalidAiMessage);
-            return;
+            return false;
         }
         self.seen.insert(item);
+        true
+    }
+
+    fn on_challenge(&mut self, peer: P, challenge: Challenge) {
+        let id = challenge.id();
+        if !self.accept_signed(peer, InvItem::Challenge(id), || challenge.verify().is_ok()) {
+            return;
+        }
         self.challenges.insert(id, (challenge.clone(), Some(peer)));
         self.events.push_back(RelayEvent::ChallengeReceived {
             challenge: Box::new(challenge.clone()),
@@ -1070,15 +1078,9 @@ impl<P: PeerKey> RelayEngine<P> {
 
     fn on_verdict(&mut self, peer: P, verdict: Verdict) {
         let item = InvItem::Verdict(verdict.id());
-        self.mark_known(&peer, item);
-        if self.seen.contains(&item) {
+        if !self.accept_signed(peer, item, || verdict.verify().is_ok()) {
             return;
         }
-        if verdict.verify().is_err() {
-            self.penalize(peer, Offence::InvalidAiMessage);
-            return;
-        }
-        self.seen.insert(item);
         self.count_verdict(&verdict);
         self.flood(item, RelayMessage::Verdict(verdict), Some(peer));
     }

@@ -184,13 +184,6 @@ impl WireDecode for RelayMessage {
             | RelayMessage::BlockTxnsRequest { .. } => playergold_primitives::MAX_BLOCK_TXS,
             _ => MAX_ITEMS_PER_MESSAGE,
         };
-        if count > max {
-            return Err(DecodeError::TooManyItems {
-                what: Self::WHAT,
-                count,
-                max,
-            });
-        }
-        Ok(())
+        playergold_primitives::codec::check_count(Self::WHAT, count, max)
     }
 }

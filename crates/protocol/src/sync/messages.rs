@@ -71,14 +71,7 @@ impl WireDecode for SyncRequest {
             SyncRequest::GetHeaders { locator, .. } => (locator.len(), MAX_LOCATOR_LEN),
             SyncRequest::GetBlocks(h) => (h.len(), MAX_BLOCKS_PER_REQUEST),
         };
-        if count > max {
-            return Err(DecodeError::TooManyItems {
-                what: Self::WHAT,
-                count,
-                max,
-            });
-        }
-        Ok(())
+        playergold_primitives::codec::check_count(Self::WHAT, count, max)
     }
 }
 
@@ -92,13 +85,6 @@ impl WireDecode for SyncResponse {
             SyncResponse::Headers(h) => (h.len(), MAX_HEADERS_PER_REQUEST as usize),
             SyncResponse::Blocks(b) => (b.len(), MAX_BLOCKS_PER_REQUEST),
         };
-        if count > max {
-            return Err(DecodeError::TooManyItems {
-                what: Self::WHAT,
-                count,
-                max,
-            });
-        }
-        Ok(())
+        playergold_primitives::codec::check_count(Self::WHAT, count, max)
     }
 }
