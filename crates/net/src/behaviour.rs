@@ -250,4 +250,7 @@ pub(crate) struct NodeBehaviour {
     pub(crate) identify: identify::Behaviour,
     /// Peer exchange.
     pub(crate) addrs: request_response::Behaviour<AddrCodec>,
+    /// Raw streams for the protocols built above this crate (relay, sync), opened and accepted
+    /// through [`crate::NetworkHandle::streams`].
+    pub(crate) streams: libp2p_stream::Behaviour,
 }

@@ -6,6 +6,7 @@ use ipnet::IpNet;
 use libp2p::{Multiaddr, PeerId};
 
 use crate::addrbook::{BackoffConfig, split_peer_id};
+use crate::latency::LinkDelay;
 use crate::protocol::{NetworkName, ProtocolError};
 
 /// Default TCP and UDP (QUIC) port.
@@ -134,6 +135,9 @@ pub struct NetworkConfig {
     pub allow_local_addresses: bool,
     /// Seed for the backoff jitter; `None` draws one from the OS (tests fix it).
     pub rng_seed: Option<u64>,
+    /// Emulated one-way delay of each TCP link this node dials (benchmarks and tests only;
+    /// `None` in production). See [`crate::latency`].
+    pub link_delay: Option<LinkDelay>,
 }
 
 impl NetworkConfig {
@@ -163,6 +167,7 @@ impl NetworkConfig {
             addr_request_interval: DEFAULT_ADDR_REQUEST_INTERVAL,
             allow_local_addresses: false,
             rng_seed: None,
+            link_delay: None,
         }
     }
 

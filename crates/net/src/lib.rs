@@ -37,6 +37,7 @@ mod behaviour;
 pub mod config;
 pub mod framing;
 pub mod identity;
+pub mod latency;
 pub mod metrics;
 pub mod peer_exchange;
 pub mod policy;

@@ -181,16 +181,25 @@ enum Command {
 }
 
 /// A cloneable handle to the network task.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct NetworkHandle {
     commands: mpsc::Sender<Command>,
     events: broadcast::Sender<NetworkEvent>,
     local_peer_id: PeerId,
+    streams: libp2p_stream::Control,
 }
 
 impl std::fmt::Debug for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Command")
+    }
+}
+
+impl std::fmt::Debug for NetworkHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetworkHandle")
+            .field("local_peer_id", &self.local_peer_id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -262,6 +271,14 @@ impl NetworkHandle {
             .map_err(|_| NetworkError::Stopped)
     }
 
+    /// A control to accept and open raw streams of the protocols built on this network (relay,
+    /// sync). Each protocol should `accept` its id once and keep its own clone of the control
+    /// for opening (a control opens one stream at a time). `open_stream` dials a peer that is not
+    /// connected: open streams only to peers from [`NetworkEvent::PeerConnected`].
+    pub fn streams(&self) -> libp2p_stream::Control {
+        self.streams.clone()
+    }
+
     /// Subscribes to network events.
     pub fn subscribe(&self) -> broadcast::Receiver<NetworkEvent> {
         self.events.subscribe()
@@ -310,18 +327,21 @@ fn build_swarm(
             [(addr_protocol, request_response::ProtocolSupport::Full)],
             request_response::Config::default().with_max_concurrent_streams(MAX_ADDR_STREAMS),
         ),
+        streams: libp2p_stream::Behaviour::new(),
     };
     let swarm_config =
         |c: libp2p::swarm::Config| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT);
+    let delay = config.link_delay.clone();
     let transports = SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
-        .with_tcp(
-            tcp,
-            libp2p::tls::Config::new,
-            libp2p::yamux::Config::default,
-        )
+        .with_quic()
+        .with_other_transport(|key| {
+            crate::latency::tcp_transport(key, tcp, delay)
+                .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { Box::new(e) })
+        })
         .map_err(|e| NetworkError::Transport(e.to_string()))?
-        .with_quic();
+        .with_dns()
+        .map_err(|e| NetworkError::Transport(format!("cannot read the DNS configuration: {e}")))?;
     // Building a behaviour cannot fail (`behaviour` returns it directly).
     let swarm = match registry {
         Some(registry) => transports
@@ -451,6 +471,7 @@ async fn start_inner(
         commands: commands_tx,
         events: events.clone(),
         local_peer_id,
+        streams: swarm.behaviour().streams.new_control(),
     };
     let service = Service {
         swarm,
