@@ -7,6 +7,11 @@
 //!  GET  /api/v1/transactions/{id}     TxStatusResponse, 404 when unknown
 //!  GET  /api/v1/blocks/{height|hash}  BlockView
 //!  GET  /api/v1/chain?limit=N         ChainView: the tip and the newest blocks
+//!  GET  /api/v1/peers                 [PeerView]: connected peers
+//!  POST /api/v1/peers {"addr": MA}    dial MA (with /p2p/<id> to authenticate it) ──► PeerView
+//!  DELETE /api/v1/peers/{peer_id}     disconnect
+//!  GET  /api/v1/devnet                the devnet's nodes and links (when run by `devnet`)
+//!  GET  /                             the live dashboard (embedded HTML, no CDN)
 //!  GET  /metrics                      Prometheus text
 //! ```
 //!
@@ -32,6 +37,8 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use playergold_net::{Direction, Multiaddr, NetworkError, NetworkHandle, PeerId, PeerInfo};
+
 use crate::metrics::{ChainGauges, NodeMetrics};
 
 /// Largest request body accepted. A signed transaction is a few hundred bytes of JSON; this
@@ -47,8 +54,12 @@ const MAX_CHAIN_BLOCKS: usize = 100;
 pub(crate) struct ApiState {
     /// The chain.
     pub(crate) chain: Arc<Blockchain>,
-    /// The node's identity, shown as `peer_id` (its public key until the network lands).
+    /// The node's block-signing key (its public half is also its PeerId).
     pub(crate) node_key: PublicKey,
+    /// The peer-to-peer network.
+    pub(crate) network: NetworkHandle,
+    /// `devnet.json` of the devnet this node belongs to, if any.
+    pub(crate) devnet_file: Option<std::path::PathBuf>,
     /// The node's metrics.
     pub(crate) metrics: Arc<NodeMetrics>,
     /// Becomes `true` when the node starts shutting down; `/health` then answers 503.
@@ -69,6 +80,8 @@ pub(crate) async fn serve(listener: TcpListener, state: ApiState) -> std::io::Re
 
 fn router(state: Arc<ApiState>) -> Router {
     Router::new()
+        .route("/", get(dashboard))
+        .route("/api/v1/devnet", get(devnet))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/api/v1/status", get(status))
@@ -79,6 +92,11 @@ fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/transactions/{id}", get(transaction_status))
         .route("/api/v1/blocks/{id}", get(block))
         .route("/api/v1/chain", get(chain))
+        .route("/api/v1/peers", get(peers).post(connect_peer))
+        .route(
+            "/api/v1/peers/{peer_id}",
+            axum::routing::delete(disconnect_peer),
+        )
         .fallback(|| async { ApiError::NotFound("no such endpoint".to_string()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -112,6 +130,9 @@ enum ApiError {
     /// A blocking task panicked or was cancelled.
     #[error("internal error: {0}")]
     Internal(#[from] tokio::task::JoinError),
+    /// The network refused or failed the operation.
+    #[error(transparent)]
+    Network(#[from] NetworkError),
 }
 
 impl ApiError {
@@ -135,6 +156,13 @@ impl ApiError {
             ApiError::Store(_) | ApiError::Internal(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")
             }
+            ApiError::Network(NetworkError::NotConnected(_)) => {
+                (StatusCode::NOT_FOUND, "not_connected")
+            }
+            ApiError::Network(NetworkError::Dial { .. } | NetworkError::ConnectTimeout(_)) => {
+                (StatusCode::BAD_GATEWAY, "dial_failed")
+            }
+            ApiError::Network(_) => (StatusCode::SERVICE_UNAVAILABLE, "network_unavailable"),
         }
     }
 }
@@ -205,8 +233,10 @@ async fn metrics(State(state): State<Arc<ApiState>>) -> Result<Response, ApiErro
 /// `GET /api/v1/status`.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct StatusResponse {
-    /// The node's identity (its public key, hex).
+    /// The node's network identity (libp2p PeerId of the node key).
     pub(crate) peer_id: String,
+    /// The node key's account address (40 hex chars).
+    pub(crate) address: String,
     /// The network name from the genesis.
     pub(crate) network: String,
     /// The genesis block hash.
@@ -230,28 +260,182 @@ pub(crate) struct StatusResponse {
 }
 
 async fn status(State(state): State<Arc<ApiState>>) -> Result<Json<StatusResponse>, ApiError> {
-    let peer_id = state.node_key.to_hex();
+    let peer_id = state.network.local_peer_id().to_string();
+    let address = state.node_key.address().to_string();
+    let peer_count = state.network.peers().await?.len();
+    let listen_addrs = state
+        .network
+        .listen_addrs()
+        .await?
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     Ok(Json(
         state
             .with_chain(move |chain| {
                 let tip = chain.tip();
                 StatusResponse {
                     peer_id,
+                    address,
                     network: chain.genesis().network.clone(),
                     genesis_hash: chain.genesis_hash(),
                     best_height: tip.height,
                     best_hash: tip.hash,
                     best_timestamp_ms: tip.timestamp_ms,
                     mempool_size: chain.mempool_len(),
-                    // No peer-to-peer network yet: a lone node is its own network, in sync.
-                    peer_count: 0,
+                    peer_count,
                     sync_state: "synced".to_string(),
                     network_state: "healthy".to_string(),
-                    listen_addrs: Vec::new(),
+                    listen_addrs,
                 }
             })
             .await?,
     ))
+}
+
+/// The dashboard page.
+const DASHBOARD: &str = include_str!("dashboard.html");
+/// How long `GET /api/v1/devnet` waits for each devnet node's API.
+const DEVNET_PEER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+async fn dashboard() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        DASHBOARD,
+    )
+        .into_response()
+}
+
+/// One node in `GET /api/v1/devnet`.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct DevnetNodeView {
+    /// Its PeerId.
+    pub(crate) peer_id: String,
+    /// Its API address.
+    pub(crate) api: String,
+    /// Whether its API answered.
+    pub(crate) reachable: bool,
+    /// Its best height, when reachable.
+    pub(crate) best_height: Option<Height>,
+    /// Its best hash, when reachable.
+    pub(crate) best_hash: Option<BlockHash>,
+    /// The PeerIds it is connected to.
+    pub(crate) peers: Vec<String>,
+}
+
+/// `GET /api/v1/devnet`: every devnet node's status and peers, asked server-side (so the
+/// page needs no cross-origin access). Empty when the node is not part of a devnet.
+async fn devnet(State(state): State<Arc<ApiState>>) -> Result<Json<serde_json::Value>, ApiError> {
+    let Some(path) = &state.devnet_file else {
+        return Ok(Json(serde_json::json!({ "nodes": [] })));
+    };
+    let file: crate::devnet::DevnetFile = tokio::fs::read_to_string(path)
+        .await
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .ok_or_else(|| ApiError::NotFound(format!("{} is unreadable", path.display())))?;
+    let asks = file.nodes.iter().map(|node| async move {
+        let api = node.api.to_string();
+        let ask = async {
+            let status: StatusResponse =
+                crate::client::call(&api, hyper::Method::GET, "/api/v1/status", None).await?;
+            let peers: Vec<PeerView> =
+                crate::client::call(&api, hyper::Method::GET, "/api/v1/peers", None).await?;
+            anyhow::Ok((status, peers))
+        };
+        match tokio::time::timeout(DEVNET_PEER_TIMEOUT, ask).await {
+            Ok(Ok((status, peers))) => DevnetNodeView {
+                peer_id: node.peer_id.clone(),
+                api,
+                reachable: true,
+                best_height: Some(status.best_height),
+                best_hash: Some(status.best_hash),
+                peers: peers.into_iter().map(|p| p.peer_id).collect(),
+            },
+            _ => DevnetNodeView {
+                peer_id: node.peer_id.clone(),
+                api,
+                reachable: false,
+                best_height: None,
+                best_hash: None,
+                peers: Vec::new(),
+            },
+        }
+    });
+    let nodes = futures::future::join_all(asks).await;
+    Ok(Json(
+        serde_json::json!({ "network": file.network, "nodes": nodes }),
+    ))
+}
+
+/// One connected peer in `GET /api/v1/peers`.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct PeerView {
+    /// Its PeerId.
+    pub(crate) peer_id: String,
+    /// Its address on the connection we keep (IP only when the transport gives no more).
+    pub(crate) addr: Option<String>,
+    /// `inbound` or `outbound`.
+    pub(crate) direction: String,
+    /// Last ping round trip, milliseconds.
+    pub(crate) latency_ms: Option<f64>,
+    /// Reputation score.
+    pub(crate) reputation: i64,
+    /// Capabilities it declared.
+    pub(crate) capabilities: Vec<String>,
+}
+
+impl From<PeerInfo> for PeerView {
+    fn from(p: PeerInfo) -> Self {
+        PeerView {
+            peer_id: p.peer.to_string(),
+            addr: p.ip.map(|ip| ip.to_string()),
+            direction: match p.direction {
+                Direction::Inbound => "inbound",
+                Direction::Outbound => "outbound",
+            }
+            .to_string(),
+            latency_ms: p.latency.map(|d| d.as_secs_f64() * 1_000.0),
+            reputation: i64::from(p.score.0),
+            capabilities: Vec::new(),
+        }
+    }
+}
+
+async fn peers(State(state): State<Arc<ApiState>>) -> Result<Json<Vec<PeerView>>, ApiError> {
+    let mut peers = state.network.peers().await?;
+    peers.sort_by_key(|p| p.peer);
+    Ok(Json(peers.into_iter().map(PeerView::from).collect()))
+}
+
+/// `POST /api/v1/peers`.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct ConnectRequest {
+    /// The multiaddr to dial; end it in `/p2p/<peer-id>` to authenticate the peer.
+    pub(crate) addr: String,
+}
+
+async fn connect_peer(
+    State(state): State<Arc<ApiState>>,
+    body: Result<Json<ConnectRequest>, JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Json(req) = body?;
+    let addr: Multiaddr = req.addr.parse().map_err(|e| {
+        ApiError::BadRequest(format!("addr {:?} is not a multiaddr: {e}", req.addr))
+    })?;
+    let peer = state.network.connect(addr).await?;
+    Ok(Json(serde_json::json!({ "peer_id": peer.to_string() })))
+}
+
+async fn disconnect_peer(
+    State(state): State<Arc<ApiState>>,
+    Path(peer_id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let peer: PeerId = peer_id
+        .parse()
+        .map_err(|_| ApiError::BadRequest(format!("{peer_id:?} is not a peer id")))?;
+    state.network.disconnect(peer).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// `POST /api/v1/transactions`.

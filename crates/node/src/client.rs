@@ -12,7 +12,7 @@ use playergold_primitives::{Address, Amount, Keypair, Nonce, TimestampMs, Unsign
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::api::{ErrorBody, StatusResponse, SubmitResponse};
+use crate::api::{ErrorBody, PeerView, StatusResponse, SubmitResponse};
 use crate::config::DEFAULT_API;
 use crate::keyfile;
 
@@ -66,6 +66,35 @@ pub(crate) fn status(args: ApiArgs) -> anyhow::Result<()> {
     println!("sync           {}", s.sync_state);
     println!("network state  {}", s.network_state);
     println!("listening on   {}", s.listen_addrs.join(", "));
+    Ok(())
+}
+
+/// `playergold peers`.
+pub(crate) fn peers(args: ApiArgs) -> anyhow::Result<()> {
+    let peers: Vec<PeerView> = block_on(call(&args.api, Method::GET, "/api/v1/peers", None))?;
+    if args.json {
+        return print_json(&peers);
+    }
+    if peers.is_empty() {
+        println!("no peers connected");
+        return Ok(());
+    }
+    println!(
+        "{:<54} {:<9} {:<16} {:>9} {:>6}  capabilities",
+        "peer id", "direction", "address", "ping ms", "score"
+    );
+    for p in peers {
+        println!(
+            "{:<54} {:<9} {:<16} {:>9} {:>6}  {}",
+            p.peer_id,
+            p.direction,
+            p.addr.unwrap_or_else(|| "-".into()),
+            p.latency_ms
+                .map_or_else(|| "-".into(), |ms| format!("{ms:.1}")),
+            p.reputation,
+            p.capabilities.join(",")
+        );
+    }
     Ok(())
 }
 
@@ -127,7 +156,7 @@ fn block_on<T>(f: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> 
 }
 
 /// One HTTP/1.1 request to the API, decoding a JSON answer or the API's error body.
-async fn call<T: DeserializeOwned>(
+pub(crate) async fn call<T: DeserializeOwned>(
     api: &str,
     method: Method,
     path: &str,

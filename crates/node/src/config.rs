@@ -102,6 +102,10 @@ pub(crate) struct NodeConfig {
     pub(crate) mdns: bool,
     /// Discover peers with the Kademlia DHT.
     pub(crate) dht: bool,
+    /// Accept loopback and private addresses from peers (devnets and private networks).
+    pub(crate) allow_local_addresses: bool,
+    /// What this node offers the network: `ai-compute`, `validator`, `archive`.
+    pub(crate) capabilities: Vec<String>,
     /// Where the HTTP API listens.
     pub(crate) api: SocketAddr,
     /// Log line format.
@@ -127,6 +131,8 @@ impl Default for NodeConfig {
             max_peers: 50,
             mdns: true,
             dht: true,
+            allow_local_addresses: false,
+            capabilities: Vec::new(),
             api: DEFAULT_API,
             log_format: LogFormat::Text,
         }
@@ -143,6 +149,8 @@ struct ConfigLayer {
     max_peers: Option<usize>,
     mdns: Option<bool>,
     dht: Option<bool>,
+    allow_local_addresses: Option<bool>,
+    capabilities: Option<Vec<String>>,
     api: Option<SocketAddr>,
     log_format: Option<LogFormat>,
 }
@@ -157,18 +165,22 @@ enum EnvKey {
     MaxPeers,
     Mdns,
     Dht,
+    AllowLocalAddresses,
+    Capabilities,
     Api,
     LogFormat,
 }
 
 impl EnvKey {
-    const ALL: [EnvKey; 8] = [
+    const ALL: [EnvKey; 10] = [
         EnvKey::Listen,
         EnvKey::Bootstrap,
         EnvKey::MinPeers,
         EnvKey::MaxPeers,
         EnvKey::Mdns,
         EnvKey::Dht,
+        EnvKey::AllowLocalAddresses,
+        EnvKey::Capabilities,
         EnvKey::Api,
         EnvKey::LogFormat,
     ];
@@ -181,6 +193,8 @@ impl EnvKey {
             EnvKey::MaxPeers => "PLAYERGOLD_MAX_PEERS",
             EnvKey::Mdns => "PLAYERGOLD_MDNS",
             EnvKey::Dht => "PLAYERGOLD_DHT",
+            EnvKey::AllowLocalAddresses => "PLAYERGOLD_ALLOW_LOCAL_ADDRESSES",
+            EnvKey::Capabilities => "PLAYERGOLD_CAPABILITIES",
             EnvKey::Api => "PLAYERGOLD_API",
             EnvKey::LogFormat => "PLAYERGOLD_LOG_FORMAT",
         }
@@ -252,6 +266,10 @@ impl ConfigLayer {
                 EnvKey::MaxPeers => layer.max_peers = Some(parse_env(&name, v)?),
                 EnvKey::Mdns => layer.mdns = Some(parse_env(&name, v)?),
                 EnvKey::Dht => layer.dht = Some(parse_env(&name, v)?),
+                EnvKey::AllowLocalAddresses => {
+                    layer.allow_local_addresses = Some(parse_env(&name, v)?)
+                }
+                EnvKey::Capabilities => layer.capabilities = Some(parse_env_list(&name, v)?),
                 EnvKey::Api => layer.api = Some(parse_env(&name, v)?),
                 EnvKey::LogFormat => layer.log_format = Some(parse_env(&name, v)?),
             }
@@ -270,6 +288,8 @@ impl NodeConfig {
             max_peers,
             mdns,
             dht,
+            allow_local_addresses,
+            capabilities,
             api,
             log_format,
         } = layer;
@@ -281,7 +301,16 @@ impl NodeConfig {
             )*};
         }
         set!(
-            listen, bootstrap, min_peers, max_peers, mdns, dht, api, log_format
+            listen,
+            bootstrap,
+            min_peers,
+            max_peers,
+            mdns,
+            dht,
+            allow_local_addresses,
+            capabilities,
+            api,
+            log_format
         );
     }
 
@@ -302,6 +331,15 @@ impl NodeConfig {
             return Err(ConfigError::Invalid(format!(
                 "max_peers = {} is outside 1..={MAX_PEERS_LIMIT}",
                 self.max_peers
+            )));
+        }
+        if let Some(bad) = self
+            .capabilities
+            .iter()
+            .find(|c| playergold_protocol::Capabilities::parse(c).is_none())
+        {
+            return Err(ConfigError::Invalid(format!(
+                "unknown capability {bad:?}: use ai-compute, validator or archive"
             )));
         }
         if self.min_peers > self.max_peers {
@@ -368,6 +406,8 @@ impl ConfigArgs {
             max_peers: self.max_peers,
             mdns: self.no_mdns.then_some(false),
             dht: self.no_dht.then_some(false),
+            allow_local_addresses: None,
+            capabilities: None,
             api: self.api,
             log_format: self.log_format,
         }

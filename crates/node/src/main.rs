@@ -11,9 +11,11 @@
 mod api;
 mod client;
 mod config;
+mod devnet;
 mod keyfile;
 mod lock;
 mod metrics;
+mod network;
 mod run;
 
 use std::path::PathBuf;
@@ -56,8 +58,12 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Run a local network of N nodes, one process each (the quickest way to see PlayerGold work).
+    Devnet(devnet::DevnetArgs),
     /// Show a running node's status (through its HTTP API).
     Status(client::ApiArgs),
+    /// List a running node's peers (through its HTTP API).
+    Peers(client::ApiArgs),
     /// Transactions.
     Tx {
         #[command(subcommand)]
@@ -133,8 +139,14 @@ pub(crate) fn init(data_dir: &std::path::Path, network: &str, slot_ms: u64) -> a
     }
     println!("data dir   {}", data_dir.display());
     println!("config     {}", config_path.display());
+    print_identity(&key)
+}
+
+/// Prints a key's public key, account address and PeerId.
+fn print_identity(key: &Keypair) -> anyhow::Result<()> {
     println!("public key {}", key.public());
     println!("address    {}", key.public().address());
+    println!("peer id    {}", network::peer_id_of(key)?);
     Ok(())
 }
 
@@ -178,18 +190,16 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             KeysCommand::Generate { out } => {
                 let key = Keypair::generate();
                 keyfile::create(&out, &key)?;
-                println!("public key {}", key.public());
-                println!("address    {}", key.public().address());
-                Ok(())
+                print_identity(&key)
             }
             KeysCommand::Show { data_dir } => {
                 let key = keyfile::load(&data_dir.join(NODE_KEY_FILE))?;
-                println!("public key {}", key.public());
-                println!("address    {}", key.public().address());
-                Ok(())
+                print_identity(&key)
             }
         },
         Command::Status(args) => client::status(args),
+        Command::Peers(args) => client::peers(args),
+        Command::Devnet(args) => devnet::run(args),
         Command::Tx {
             command: TxCommand::Send(args),
         } => client::tx_send(args),

@@ -80,6 +80,12 @@ impl NodeMetrics {
         }
     }
 
+    /// The registry, for subsystems (the network) to register their metrics under it before
+    /// the node starts serving.
+    pub(crate) fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
     /// The OpenMetrics text exposition, with the chain gauges set to `chain`.
     pub(crate) fn encode(&self, chain: ChainGauges) -> String {
         self.chain_height

@@ -23,7 +23,7 @@ use crate::api::{self, ApiState};
 use crate::config::ConfigArgs;
 use crate::lock::DataDirLock;
 use crate::metrics::NodeMetrics;
-use crate::{CHAIN_FILE, GENESIS_FILE, NODE_KEY_FILE, keyfile};
+use crate::{CHAIN_FILE, GENESIS_FILE, NODE_KEY_FILE, keyfile, network};
 
 /// How often the status line is logged.
 const STATUS_INTERVAL: Duration = Duration::from_secs(10);
@@ -88,14 +88,24 @@ pub(crate) fn run(args: NodeArgs) -> anyhow::Result<()> {
         chain.tip().hash,
         chain.tip().height
     );
-    tracing::info!(
-        listen = ?config.listen,
-        bootstrap = config.bootstrap.len(),
-        "peer-to-peer networking is not wired in yet: running as a lone node"
-    );
+    let net_config = network::network_config(&config, &genesis)?;
+    let net_key = network::network_key(&args.data_dir)?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
-        let metrics = Arc::new(NodeMetrics::new());
+        let mut metrics = NodeMetrics::new();
+        let (net, net_task, _) = playergold_net::start_with_metrics(
+            net_config,
+            net_key,
+            network::address_book_store(chain.clone()),
+            metrics.registry_mut().sub_registry_with_prefix("net"),
+        )
+        .await
+        .context("starting the peer-to-peer network")?;
+        println!("peer id {}", net.local_peer_id());
+        for addr in net.listen_addrs().await? {
+            println!("p2p listening on {addr}/p2p/{}", net.local_peer_id());
+        }
+        let metrics = Arc::new(metrics);
         let (stop_tx, stop_rx) = watch::channel(false);
         let stop = stop_requested(args.seconds)?;
         let listener = api::bind(config.api).await?;
@@ -105,13 +115,19 @@ pub(crate) fn run(args: NodeArgs) -> anyhow::Result<()> {
             ApiState {
                 chain: chain.clone(),
                 node_key: key.public(),
+                network: net.clone(),
+                devnet_file: args
+                    .data_dir
+                    .parent()
+                    .map(|dir| dir.join(crate::devnet::DEVNET_FILE))
+                    .filter(|file| file.exists()),
                 metrics: metrics.clone(),
                 shutdown: stop_rx.clone(),
             },
         ));
         let mut producer = tokio::spawn(produce(chain.clone(), key, metrics.clone(), stop_rx));
         let load = (args.tps > 0).then(|| tokio::spawn(generate_load(chain.clone(), args.tps)));
-        let status = tokio::spawn(status_lines(chain.clone(), metrics.clone()));
+        let status = tokio::spawn(status_lines(chain.clone(), net.clone(), metrics.clone()));
 
         let produced = tokio::select! {
             reason = stop => {
@@ -134,6 +150,12 @@ pub(crate) fn run(args: NodeArgs) -> anyhow::Result<()> {
         match tokio::time::timeout(API_DRAIN_TIMEOUT, api).await {
             Ok(served) => served?.context("serving the API")?,
             Err(_) => tracing::warn!("API requests still open after the drain timeout: dropped"),
+        }
+        if let Err(e) = net.shutdown().await {
+            tracing::warn!(error = %e, "network already stopped");
+        }
+        if let Err(e) = net_task.await {
+            tracing::warn!(error = %e, "network task ended abnormally");
         }
         produced??;
         let tip = chain.tip();
@@ -254,7 +276,11 @@ async fn generate_load(chain: Arc<Blockchain>, tps: u32) {
 }
 
 /// Logs the node's state every [`STATUS_INTERVAL`].
-async fn status_lines(chain: Arc<Blockchain>, metrics: Arc<NodeMetrics>) {
+async fn status_lines(
+    chain: Arc<Blockchain>,
+    net: playergold_net::NetworkHandle,
+    metrics: Arc<NodeMetrics>,
+) {
     let mut tick = tokio::time::interval(STATUS_INTERVAL);
     // The first tick is immediate: skip it, the start-up line already said where we are.
     tick.tick().await;
@@ -273,7 +299,14 @@ async fn status_lines(chain: Arc<Blockchain>, metrics: Arc<NodeMetrics>) {
                 continue;
             }
         };
+        let peers = net.peers().await.unwrap_or_default();
+        let inbound = peers
+            .iter()
+            .filter(|p| p.direction == playergold_net::Direction::Inbound)
+            .count();
         tracing::info!(
+            peers_in = inbound,
+            peers_out = peers.len() - inbound,
             best_height = tip.height.0,
             best_hash = %tip.hash,
             mempool,

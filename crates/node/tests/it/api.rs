@@ -6,7 +6,7 @@ use crate::{RunningNode, http, http_json, init, playergold, run_ok, wait_for};
 fn a_transaction_sent_with_the_cli_is_included_and_shown_by_the_api() {
     let dir = tempfile::tempdir().expect("temp dir");
     let data = dir.path().join("node");
-    let public_key = init(&data);
+    let peer_id = init(&data);
     let node = RunningNode::start(&data);
     let api = node.api.clone();
 
@@ -15,7 +15,7 @@ fn a_transaction_sent_with_the_cli_is_included_and_shown_by_the_api() {
         playergold().args(["status", "--json", "--api", &api]),
     ))
     .expect("status JSON");
-    assert_eq!(status["peer_id"], public_key.as_str());
+    assert_eq!(status["peer_id"], peer_id.as_str());
     assert_eq!(status["network"], "testnet");
     assert_eq!(status["sync_state"], "synced");
     assert_eq!(status["network_state"], "healthy");

@@ -38,7 +38,7 @@ fn run_ok(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// `playergold init` with 200 ms slots; returns the node's public key.
+/// `playergold init` with 200 ms slots; returns the node's PeerId.
 fn init(data: &Path) -> String {
     let out = run_ok(
         playergold()
@@ -53,8 +53,8 @@ fn init(data: &Path) -> String {
             .arg(data),
     );
     out.lines()
-        .find_map(|l| l.strip_prefix("public key "))
-        .expect("public key line")
+        .find_map(|l| l.strip_prefix("peer id "))
+        .expect("peer id line")
         .trim()
         .to_string()
 }
@@ -80,9 +80,25 @@ struct RunningNode {
 }
 
 impl RunningNode {
+    /// A lone node: p2p on a free loopback port, no discovery, no bootstrap.
     fn start(data: &Path) -> RunningNode {
+        RunningNode::start_with(data, &["--no-bootstrap"])
+    }
+
+    /// A node with p2p on a free loopback port and mDNS off (tests never multicast outside a
+    /// namespace they own), plus `extra` flags.
+    fn start_with(data: &Path, extra: &[&str]) -> RunningNode {
         let mut child = playergold()
-            .args(["node", "--api", "127.0.0.1:0", "--data-dir"])
+            .args([
+                "node",
+                "--api",
+                "127.0.0.1:0",
+                "--listen",
+                "/ip4/127.0.0.1/tcp/0",
+            ])
+            .args(["--no-mdns", "--no-dht"])
+            .args(extra)
+            .arg("--data-dir")
             .arg(data)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
