@@ -2,6 +2,7 @@
 
 mod api;
 mod config;
+mod devnet;
 mod single_node;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -88,22 +89,33 @@ impl RunningNode {
     /// A node with p2p on a free loopback port and mDNS off (tests never multicast outside a
     /// namespace they own), plus `extra` flags.
     fn start_with(data: &Path, extra: &[&str]) -> RunningNode {
-        let mut child = playergold()
-            .args([
-                "node",
-                "--api",
-                "127.0.0.1:0",
-                "--listen",
-                "/ip4/127.0.0.1/tcp/0",
-            ])
-            .args(["--no-mdns", "--no-dht"])
-            .args(extra)
-            .arg("--data-dir")
-            .arg(data)
+        let mut cmd = playergold();
+        cmd.args([
+            "node",
+            "--api",
+            "127.0.0.1:0",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+        ])
+        .args(["--no-mdns", "--no-dht"])
+        .args(extra)
+        .arg("--data-dir")
+        .arg(data);
+        let mut node = RunningNode::spawn(&mut cmd);
+        node.api = node
+            .next_line_starting("api listening on ")
+            .trim()
+            .to_string();
+        node
+    }
+
+    /// Spawns `cmd` (a `playergold` command that runs until SIGTERM) with its output captured.
+    fn spawn(cmd: &mut Command) -> RunningNode {
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("spawn node");
+            .expect("spawn playergold");
         let (tx, stdout) = mpsc::channel();
         let out = child.stdout.take().expect("piped stdout");
         std::thread::spawn(move || {
@@ -120,17 +132,12 @@ impl RunningNode {
             let _ = err.read_to_string(&mut s);
             s
         }));
-        let mut node = RunningNode {
+        RunningNode {
             child,
             api: String::new(),
             stdout,
             stderr,
-        };
-        node.api = node
-            .next_line_starting("api listening on ")
-            .trim()
-            .to_string();
-        node
+        }
     }
 
     /// The rest of the first stdout line that starts with `prefix`.
@@ -151,13 +158,19 @@ impl RunningNode {
 
     /// Sends SIGTERM and waits for the exit; returns the status, the `node stopped` line and
     /// stderr.
-    fn terminate(mut self) -> (ExitStatus, String, String) {
+    fn terminate(self) -> (ExitStatus, String, String) {
+        self.terminate_with("node stopped: ")
+    }
+
+    /// Sends SIGTERM and waits for the exit; returns the status, the rest of the last line
+    /// starting with `last_line`, and stderr.
+    fn terminate_with(mut self, last_line: &str) -> (ExitStatus, String, String) {
         let kill = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
             .expect("run kill");
         assert!(kill.success());
-        let stopped = self.next_line_starting("node stopped: ");
+        let stopped = self.next_line_starting(last_line);
         let status = wait_for("the node to exit", || {
             self.child.try_wait().expect("wait for node")
         });

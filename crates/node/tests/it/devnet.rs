@@ -1,0 +1,140 @@
+//! `playergold devnet` (the README's main command) and the dashboard in headless Chromium.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::{RunningNode, http_json, playergold};
+
+/// How long the devnet's nodes may take to find each other.
+const MESH_DEADLINE: Duration = Duration::from_secs(60);
+
+/// The Chromium binary `scripts/test` installs.
+fn chromium() -> PathBuf {
+    ["chromium", "chromium-browser", "google-chrome"]
+        .iter()
+        .find_map(|name| {
+            std::env::var_os("PATH").and_then(|paths| {
+                std::env::split_paths(&paths)
+                    .map(|dir| dir.join(name))
+                    .find(|p| p.is_file())
+            })
+        })
+        .expect("headless Chromium is not installed: run ./scripts/test, which installs it")
+}
+
+/// Runs headless Chromium on `url` with the flags every test uses and `extra`; returns stdout.
+fn headless(url: &str, profile: &Path, extra: &[&str]) -> String {
+    let out = Command::new(chromium())
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            // Lets the page's fetches and timers run before the DOM is dumped.
+            "--virtual-time-budget=5000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(extra)
+        .arg(url)
+        .output()
+        .expect("run chromium");
+    assert!(
+        out.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Every value of `attr="..."` in `html`.
+fn attr_values(html: &str, attr: &str) -> Vec<String> {
+    let needle = format!("{attr}=\"");
+    html.match_indices(&needle)
+        .filter_map(|(i, _)| {
+            let rest = html.get(i + needle.len()..)?;
+            rest.split('"').next().map(str::to_string)
+        })
+        .collect()
+}
+
+#[test]
+fn the_devnet_command_runs_connected_nodes_and_the_dashboard_shows_them() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let net_dir = dir.path().join("devnet");
+    let devnet = RunningNode::spawn(
+        playergold()
+            .args(["devnet", "--nodes", "3", "--slot-ms", "500", "--dir"])
+            .arg(&net_dir),
+    );
+    let dashboard = devnet.next_line_starting("dashboard ").trim().to_string();
+    let file: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(net_dir.join("devnet.json")).expect("devnet.json"),
+    )
+    .expect("devnet.json is JSON");
+    let nodes = file["nodes"].as_array().expect("nodes").clone();
+    assert_eq!(nodes.len(), 3);
+    let ids: Vec<String> = nodes
+        .iter()
+        .map(|n| n["peer_id"].as_str().expect("peer_id").to_string())
+        .collect();
+    for node in &nodes {
+        assert!(node["p2p"].as_str().is_some_and(|a| a.contains("/p2p/")));
+        assert!(Path::new(node["data_dir"].as_str().expect("data_dir")).is_dir());
+    }
+
+    // Every node reaches the two others (node 0 is the only bootstrap; the rest is discovery).
+    let deadline = Instant::now() + MESH_DEADLINE;
+    for node in &nodes {
+        let api = node["api"].as_str().expect("api");
+        loop {
+            let (code, status) = http_json(api, "GET", "/api/v1/status", None);
+            assert_eq!(code, 200, "{status}");
+            if status["peer_count"] == 2 {
+                assert!(ids.contains(&status["peer_id"].as_str().unwrap_or_default().to_string()));
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {api} has {} peers, not 2",
+                status["peer_count"]
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    let profile = dir.path().join("chromium-profile");
+    let dom = headless(&dashboard, &profile, &["--dump-dom"]);
+    let rows = attr_values(&dom, "data-peer-id");
+    let self_id = ids.first().expect("node 0");
+    for other in ids.iter().skip(1) {
+        assert!(
+            rows.iter().filter(|r| *r == other).count() >= 2,
+            "the peers table and the graph should both show {other}: {rows:?}"
+        );
+    }
+    assert!(rows.contains(self_id), "the graph shows the node itself");
+    assert_eq!(attr_values(&dom, "data-nodes"), vec!["3"], "graph nodes");
+    assert_eq!(attr_values(&dom, "data-links"), vec!["3"], "graph links");
+    assert!(dom.contains(&format!("id=\"peer-id\">{self_id}<")));
+
+    let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
+    let _ = std::fs::remove_file(&shot);
+    headless(
+        &dashboard,
+        &profile,
+        &[
+            "--window-size=1280,900",
+            &format!("--screenshot={}", shot.display()),
+        ],
+    );
+    let png = std::fs::read(&shot).expect("screenshot written");
+    assert!(png.starts_with(b"\x89PNG"), "screenshot is a PNG");
+    println!("dashboard screenshot: {}", shot.display());
+
+    let (status, _, _) = devnet.terminate_with("devnet stopped");
+    assert!(status.success(), "devnet exited with {status}");
+}
