@@ -1,8 +1,9 @@
 //! The one canonical encoding (postcard) and size-limited decoding of peer input.
 //!
 //! Every type a peer can send implements [`WireDecode`], which names its largest encoding.
-//! [`decode`] refuses an over-long input before parsing it, rejects trailing bytes (so each value
-//! has exactly one encoding), and runs the type's own structural checks.
+//! [`decode`] refuses an over-long input before parsing it, rejects trailing bytes and
+//! non-canonical encodings (so each value has exactly one encoding), and runs the type's own
+//! structural checks.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -37,6 +38,17 @@ pub enum DecodeError {
         /// How many bytes were left over.
         extra: usize,
     },
+    /// The bytes decode, but are not the value's canonical encoding (an over-long varint): only
+    /// the canonical one is accepted, so every value has exactly one encoding.
+    #[error("{what} of {len} bytes is not canonical: its canonical encoding has {canonical} bytes")]
+    NonCanonical {
+        /// What was being decoded.
+        what: &'static str,
+        /// Input length.
+        len: usize,
+        /// Length of the canonical encoding.
+        canonical: usize,
+    },
     /// A list holds more items than allowed.
     #[error("{what} holds {count} items, more than the limit of {max}")]
     TooManyItems {
@@ -50,7 +62,7 @@ pub enum DecodeError {
 }
 
 /// A type that can arrive from the network.
-pub trait WireDecode: DeserializeOwned {
+pub trait WireDecode: DeserializeOwned + Serialize {
     /// Largest acceptable encoding, in bytes.
     const MAX_BYTES: usize;
     /// Name used in errors.
@@ -82,7 +94,8 @@ pub fn encoded_len<T: Serialize + ?Sized>(value: &T) -> usize {
     postcard::experimental::serialized_size(value).expect("postcard sizes all PlayerGold types")
 }
 
-/// Decodes peer input into `T`, enforcing `T`'s size limit, no trailing bytes and `T::check`.
+/// Decodes peer input into `T`, enforcing `T`'s size limit, no trailing bytes, the canonical
+/// encoding and `T::check`.
 pub fn decode<T: WireDecode>(bytes: &[u8]) -> Result<T, DecodeError> {
     if bytes.len() > T::MAX_BYTES {
         return Err(DecodeError::TooLarge {
@@ -102,6 +115,46 @@ pub fn decode<T: WireDecode>(bytes: &[u8]) -> Result<T, DecodeError> {
             extra: rest.len(),
         });
     }
+    // postcard accepts over-long varints. Each field's canonical encoding is its shortest, so the
+    // input is canonical exactly when it is as long as the value's encoding.
+    let canonical = encoded_len(&value);
+    if canonical != bytes.len() {
+        return Err(DecodeError::NonCanonical {
+            what: T::WHAT,
+            len: bytes.len(),
+            canonical,
+        });
+    }
     value.check()?;
     Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct Probe(u64, bool);
+
+    impl WireDecode for Probe {
+        const MAX_BYTES: usize = 16;
+        const WHAT: &'static str = "probe";
+    }
+
+    /// postcard accepts an over-long varint (0 as `80 00`), so a value had several encodings; the
+    /// `decode_*` fuzz targets assert one encoding per value.
+    #[test]
+    fn only_the_canonical_encoding_is_accepted() {
+        assert_eq!(decode::<Probe>(&[0x00, 0x01]), Ok(Probe(0, true)));
+        assert_eq!(encode(&Probe(0, true)), [0x00, 0x01]);
+        assert_eq!(
+            decode::<Probe>(&[0x80, 0x00, 0x01]),
+            Err(DecodeError::NonCanonical {
+                what: "probe",
+                len: 3,
+                canonical: 2
+            })
+        );
+        assert!(decode::<Probe>(&[0xff, 0x80, 0x00, 0x01]).is_err());
+    }
 }

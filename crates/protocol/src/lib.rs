@@ -12,12 +12,19 @@
 //!                          mempool) ◄──────────┘                 challenges to solve, verdicts
 //!  adapter: writable peer ◄──────────── RelayEngine::poll_transmit(peer) (priority classes)
 //!  adapter: timer ─────────────────────► RelayEngine::handle_timeout(now) at poll_timeout()
+//!
+//!  sync: status / announce / orphan ──► SyncScheduler ──► poll_action(): Request{id} · Penalize
+//!        reply or failure (by id) ─────►   (SyncHost:     · Disconnect; take_ready() ──► import
+//!        peer's request ──► SyncServer     chain view)    (Busy reply when over the rate)
+//!  partition: peers, tips, bootstrap ──► PartitionDetector ──► poll_action(now): redial, DHT
+//!                                          walk, extra outbound peer; poll_event(): state change
 //! ```
 //!
 //! It must not do I/O, read the clock, or spawn tasks.
 
 pub mod ai;
 mod capabilities;
+pub mod partition;
 pub mod rate;
 pub mod relay;
 pub mod reputation;

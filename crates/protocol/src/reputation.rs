@@ -28,6 +28,14 @@ pub const MAX_SCORE: f64 = 100.0;
 pub const REASON_LOG_LEN: usize = 16;
 /// Peers tracked at once; beyond it the least recently updated (non-banned) entry goes.
 pub const MAX_TRACKED_PEERS: usize = 4_096;
+/// Bans remembered, active or expired (expired ones keep the repeat count). A fresh PeerId costs
+/// an attacker nothing, so without a bound every banned identity would grow this table and the
+/// persisted ban list for ever. 16,384 bans of ~60 bytes is about 1 MiB; beyond it the ban that
+/// ends first (an expired one, if any) is forgotten.
+pub const MAX_BANS: usize = 16_384;
+/// Banned IPs remembered; beyond it the IP ban that ends first is forgotten. An attacker with
+/// many addresses (an IPv6 prefix) cannot grow the table past this.
+pub const MAX_IP_BANS: usize = 4_096;
 
 /// How bad (or good) an event is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -321,14 +329,18 @@ impl<P: PeerKey + Hash> Reputation<P> {
             // Already banned: reports racing the disconnect do not extend it.
             return Action::Ban { until: b.until };
         }
-        let count = self.bans.get(&peer).map_or(0, |b| b.count) + 1;
+        let count = self
+            .bans
+            .get(&peer)
+            .map_or(0, |b| b.count)
+            .saturating_add(1);
         let duration = self
             .config
             .base_ban_ms
             .saturating_mul(1u64 << (count - 1).min(20))
             .min(self.config.max_ban_ms);
         let until = TimestampMs(now.0.saturating_add(duration));
-        self.bans.insert(peer, Ban { until, count });
+        self.insert_ban(peer, Ban { until, count });
         if let Some(ip) = ip {
             let banned_here = self
                 .bans
@@ -336,6 +348,16 @@ impl<P: PeerKey + Hash> Reputation<P> {
                 .filter(|(p, b)| b.until > now && self.peers.get(p).and_then(|e| e.ip) == Some(ip))
                 .count();
             if banned_here > self.config.max_banned_per_ip {
+                if !self.ip_bans.contains_key(&ip)
+                    && self.ip_bans.len() >= MAX_IP_BANS
+                    && let Some(first) = self
+                        .ip_bans
+                        .iter()
+                        .min_by_key(|(i, u)| (**u, **i))
+                        .map(|(i, _)| *i)
+                {
+                    self.ip_bans.remove(&first);
+                }
                 self.ip_bans.insert(ip, until);
                 return Action::BanWithIp { until, ip };
             }
@@ -343,11 +365,30 @@ impl<P: PeerKey + Hash> Reputation<P> {
         Action::Ban { until }
     }
 
+    /// Records a ban within `MAX_BANS`, forgetting the one that ends first when full.
+    fn insert_ban(&mut self, peer: P, ban: Ban) {
+        if !self.bans.contains_key(&peer)
+            && self.bans.len() >= MAX_BANS
+            && let Some(first) = self
+                .bans
+                .iter()
+                .min_by_key(|(p, b)| (b.until, **p))
+                .map(|(p, _)| *p)
+        {
+            self.bans.remove(&first);
+        }
+        self.bans.insert(peer, ban);
+    }
+
     /// An operator's ban for `duration_ms`.
     pub fn ban_manually(&mut self, peer: P, duration_ms: u64, now: TimestampMs) -> TimestampMs {
-        let count = self.bans.get(&peer).map_or(0, |b| b.count) + 1;
+        let count = self
+            .bans
+            .get(&peer)
+            .map_or(0, |b| b.count)
+            .saturating_add(1);
         let until = TimestampMs(now.0.saturating_add(duration_ms));
-        self.bans.insert(peer, Ban { until, count });
+        self.insert_ban(peer, Ban { until, count });
         until
     }
 
@@ -384,9 +425,11 @@ impl<P: PeerKey + Hash> Reputation<P> {
         out
     }
 
-    /// Restores persisted bans (at start-up).
+    /// Restores persisted bans (at start-up), within `MAX_BANS`.
     pub fn restore_bans(&mut self, bans: impl IntoIterator<Item = (P, Ban)>) {
-        self.bans.extend(bans);
+        for (peer, ban) in bans {
+            self.insert_ban(peer, ban);
+        }
     }
 
     /// Score histogram buckets for metrics: counts of peers with score in
@@ -518,6 +561,55 @@ mod tests {
         }
         assert!(matches!(last, Action::BanWithIp { .. }));
         assert!(rep.is_ip_banned(&ip, now));
+    }
+
+    #[test]
+    fn the_ban_table_is_bounded_and_forgets_the_ban_that_ends_first() {
+        let mut rep: Reputation<u32> = Reputation::new(ReputationConfig::default());
+        let now = TimestampMs(1_000);
+        // One fresh identity after another, each banned (peer 0's ban ends first).
+        for p in 0..MAX_BANS as u32 {
+            rep.ban_manually(p, 60_000 + u64::from(p), now);
+        }
+        assert_eq!(rep.bans(now).len(), MAX_BANS);
+        let newest = MAX_BANS as u32;
+        rep.report(newest, Reason::MalformedFrame, now);
+        assert_eq!(rep.bans(now).len(), MAX_BANS);
+        assert!(rep.is_banned(&newest, now) && rep.is_banned(&1, now));
+        assert!(!rep.is_banned(&0, now), "the earliest-ending ban made room");
+        // Restoring more than fit from storage is bounded the same way.
+        let mut restarted: Reputation<u32> = Reputation::new(ReputationConfig::default());
+        restarted.restore_bans((0..MAX_BANS as u32 + 10).map(|p| {
+            (
+                p,
+                Ban {
+                    until: TimestampMs(2_000 + u64::from(p)),
+                    count: 1,
+                },
+            )
+        }));
+        assert_eq!(restarted.bans(now).len(), MAX_BANS);
+        assert!(!restarted.is_banned(&9, now) && restarted.is_banned(&10, now));
+    }
+
+    #[test]
+    fn a_corrupt_repeat_count_does_not_overflow() {
+        let mut rep: Reputation<u8> = Reputation::new(ReputationConfig::default());
+        rep.restore_bans([(
+            1,
+            Ban {
+                until: TimestampMs(0),
+                count: u32::MAX,
+            },
+        )]);
+        let max = ReputationConfig::default().max_ban_ms;
+        assert_eq!(
+            rep.report(1, Reason::InvalidBlock, TimestampMs(5)),
+            Action::Ban {
+                until: TimestampMs(5 + max)
+            }
+        );
+        assert_eq!(rep.ban_manually(1, 10, TimestampMs(5)), TimestampMs(15));
     }
 
     #[test]

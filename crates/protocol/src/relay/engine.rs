@@ -724,12 +724,20 @@ impl<P: PeerKey> RelayEngine<P> {
         let id = tx.id();
         let item = InvItem::Tx(id);
         self.mark_known(&peer, item);
-        self.wanted.remove(&item);
-        if !self.seen.insert(item) {
+        if self.seen.contains(&item) {
+            self.wanted.remove(&item);
             self.metrics.tx.duplicates += 1;
             return;
         }
-        match host.submit_transaction(tx.clone()) {
+        let verdict = host.submit_transaction(tx.clone());
+        // The id does not cover the signature: a forged copy of a valid transaction has its id.
+        // Only a transaction that validated marks the id seen (and stops our request for it), or
+        // a forgery sent first would make us drop the real one as a duplicate.
+        if verdict != TxVerdict::Invalid {
+            self.seen.insert(item);
+            self.wanted.remove(&item);
+        }
+        match verdict {
             TxVerdict::Accepted => {
                 self.metrics.tx.received += 1;
                 self.events.push_back(RelayEvent::UsefulDelivery(peer));
@@ -857,7 +865,14 @@ impl<P: PeerKey> RelayEngine<P> {
             self.relay_block(&block, Some(peer));
             self.recent_blocks.insert(hash, block.clone());
         }
-        match host.submit_block(block.clone()) {
+        let verdict = host.submit_block(block.clone());
+        if rebuilt_from_compact && verdict != BlockVerdict::Imported {
+            // We serve only bodies the chain validated. A rebuilt body that was not (a short-id
+            // collision, wrong short ids under a valid header, a block refused for a local reason
+            // before its body was checked) would make the peers we serve it to blame us.
+            self.recent_blocks.remove(&hash);
+        }
+        match verdict {
             BlockVerdict::Imported => {
                 self.metrics.block.received += 1;
                 self.events.push_back(RelayEvent::UsefulDelivery(peer));
@@ -878,9 +893,8 @@ impl<P: PeerKey> RelayEngine<P> {
                 peer,
             }),
             BlockVerdict::Invalid if rebuilt_from_compact => {
-                // A short-id collision rebuilds a wrong body: never serve it, and fetch the real
-                // block once before blaming anyone.
-                self.recent_blocks.remove(&hash);
+                // A short-id collision rebuilds a wrong body: fetch the real block once before
+                // blaming anyone.
                 self.metrics.compact_fallback += 1;
                 self.want(now, item, peer);
             }
@@ -1235,5 +1249,187 @@ impl<P: PeerKey> RelayEngine<P> {
         }
         p.queue.bytes += bytes;
         p.queue.classes[class as usize].push_back(msg);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use playergold_primitives::{
+        Address, Amount, Height, Keypair, Nonce, TimestampMs, UnsignedTransaction,
+    };
+
+    use super::*;
+
+    /// A mempool that checks signatures, and a block store that checks headers and bodies.
+    #[derive(Default)]
+    struct Mempool(HashMap<TxId, Transaction>, HashMap<BlockHash, Block>, bool);
+
+    impl RelayHost for Mempool {
+        fn submit_transaction(&mut self, tx: Transaction) -> TxVerdict {
+            if tx.verify().is_err() {
+                return TxVerdict::Invalid;
+            }
+            match self.0.insert(tx.id(), tx) {
+                Some(_) => TxVerdict::Known,
+                None => TxVerdict::Accepted,
+            }
+        }
+        fn transaction(&self, id: &TxId) -> Option<Transaction> {
+            self.0.get(id).cloned()
+        }
+        fn has_transaction(&self, id: &TxId) -> bool {
+            self.0.contains_key(id)
+        }
+        fn mempool_ids(&self) -> Vec<TxId> {
+            self.0.keys().copied().collect()
+        }
+        fn check_header(&mut self, header: &BlockHeader) -> HeaderVerdict {
+            if self.1.contains_key(&header.hash()) {
+                HeaderVerdict::Known
+            } else if header.verify_signature().is_err() {
+                HeaderVerdict::Invalid
+            } else if !self.1.contains_key(&header.parent) {
+                HeaderVerdict::UnknownParent
+            } else {
+                HeaderVerdict::Valid
+            }
+        }
+        fn submit_block(&mut self, block: Block) -> BlockVerdict {
+            match self.check_header(&block.header) {
+                HeaderVerdict::Valid => {}
+                HeaderVerdict::Known => return BlockVerdict::Known,
+                HeaderVerdict::UnknownParent => return BlockVerdict::Orphan,
+                HeaderVerdict::Invalid => return BlockVerdict::Invalid,
+            }
+            // The third field: refuse for a local reason, before looking at the body.
+            if self.2 {
+                return BlockVerdict::Refused;
+            }
+            let ids = block.tx_ids();
+            if playergold_primitives::merkle_root(&ids) != block.header.tx_root
+                || block.verify_signatures(&ids).is_err()
+            {
+                return BlockVerdict::Invalid;
+            }
+            self.1.insert(block.hash(), block);
+            BlockVerdict::Imported
+        }
+        fn block(&self, hash: &BlockHash) -> Option<Block> {
+            self.1.get(hash).cloned()
+        }
+        fn has_block(&self, hash: &BlockHash) -> bool {
+            self.1.contains_key(hash)
+        }
+    }
+
+    fn tx(key: &Keypair, nonce: u64) -> Transaction {
+        UnsignedTransaction {
+            from: key.public(),
+            to: Address([1; 20]),
+            amount: Amount(10),
+            fee: Amount(1),
+            nonce: Nonce(nonce),
+            timestamp_ms: TimestampMs(0),
+        }
+        .sign(key)
+    }
+
+    /// Found by the `relay_engine` fuzz target: a compact block with a valid header and wrong
+    /// short ids (here none) rebuilds a wrong body; when the chain refused it for a local reason
+    /// before checking the body, that body stayed in `recent_blocks` and was served to peers.
+    #[test]
+    fn a_rebuilt_body_the_chain_did_not_validate_is_never_served() {
+        let key = Keypair::from_secret(&[6; 32]);
+        let parent = Block::build(&key, BlockHash([0; 32]), Height(0), TimestampMs(0), vec![]);
+        let block = Block::build(
+            &key,
+            parent.hash(),
+            Height(1),
+            TimestampMs(1_000),
+            vec![tx(&key, 1), tx(&key, 2)],
+        );
+        let mut host = Mempool::default();
+        host.1.insert(parent.hash(), parent);
+        host.2 = true;
+        let mut engine: RelayEngine<u8> = RelayEngine::new(PropagationConfig::default(), 1);
+        engine.add_peer(1, Capabilities::NONE);
+        engine.add_peer(2, Capabilities::NONE);
+        let now = Instant::now();
+        let mut wrong = CompactBlock::of(&block);
+        wrong.short_ids.clear();
+        engine.handle_message(now, 1, RelayMessage::CompactBlock(wrong), &mut host);
+        let hash = block.hash();
+        engine.handle_message(
+            now,
+            2,
+            RelayMessage::Request(vec![InvItem::Block(hash)]),
+            &mut host,
+        );
+        engine.handle_message(
+            now,
+            2,
+            RelayMessage::BlockTxnsRequest {
+                block: hash,
+                indexes: vec![0],
+            },
+            &mut host,
+        );
+        let to_2: Vec<RelayMessage> = std::iter::from_fn(|| engine.poll_transmit(&2)).collect();
+        assert!(
+            !to_2
+                .iter()
+                .any(|m| matches!(m, RelayMessage::Block(_) | RelayMessage::BlockTxns { .. })),
+            "{to_2:?}"
+        );
+        assert!(to_2.contains(&RelayMessage::NotFound(vec![InvItem::Block(hash)])));
+    }
+
+    /// Found by the `relay_engine` fuzz target: a copy of a valid transaction with a broken
+    /// signature has the same id, and used to mark that id seen, so the real transaction sent
+    /// next was dropped as a duplicate (and our request for it cancelled).
+    #[test]
+    fn a_forged_copy_sent_first_does_not_shadow_the_real_transaction() {
+        let key = Keypair::from_secret(&[5; 32]);
+        let tx = tx(&key, 0);
+        let mut forged = tx.clone();
+        forged.signature.0[0] ^= 1;
+        assert_eq!(forged.id(), tx.id());
+        let mut host = Mempool::default();
+        let mut engine: RelayEngine<u8> = RelayEngine::new(PropagationConfig::default(), 1);
+        engine.add_peer(1, Capabilities::NONE);
+        engine.add_peer(2, Capabilities::NONE);
+        let now = Instant::now();
+        // Peer 2 announces it and we ask peer 2; attacker 1 answers first with the forgery.
+        engine.handle_message(
+            now,
+            2,
+            RelayMessage::Announce(vec![InvItem::Tx(tx.id())]),
+            &mut host,
+        );
+        engine.handle_message(now, 1, RelayMessage::Transactions(vec![forged]), &mut host);
+        assert!(
+            engine.poll_timeout().is_some(),
+            "our request to peer 2 still stands"
+        );
+        engine.handle_message(
+            now,
+            2,
+            RelayMessage::Transactions(vec![tx.clone()]),
+            &mut host,
+        );
+        assert_eq!(host.0.get(&tx.id()), Some(&tx));
+        let events: Vec<_> = std::iter::from_fn(|| engine.poll_event()).collect();
+        assert!(events.contains(&RelayEvent::Penalty {
+            peer: 1,
+            offence: Offence::InvalidTransaction
+        }));
+        assert!(events.contains(&RelayEvent::NewTransaction {
+            id: tx.id(),
+            from: Some(2)
+        }));
+        // Peer 1 is known to have the id, peer 2 sent it: nothing to relay, nothing pending.
+        assert_eq!(engine.poll_timeout(), None);
     }
 }

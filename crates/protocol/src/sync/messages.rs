@@ -59,6 +59,12 @@ pub enum SyncResponse {
     Headers(Vec<BlockHeader>),
     /// Blocks, in the requested order, possibly fewer (byte limit, unknown hashes).
     Blocks(Vec<Block>),
+    /// The request was not served because the peer asks faster than the serving rate limit
+    /// allows. Not an error: ask again after `retry_after_ms`, or ask someone else.
+    Busy {
+        /// When the server expects to have capacity again, in milliseconds.
+        retry_after_ms: u32,
+    },
 }
 
 impl WireDecode for SyncRequest {
@@ -81,7 +87,7 @@ impl WireDecode for SyncResponse {
 
     fn check(&self) -> Result<(), DecodeError> {
         let (count, max) = match self {
-            SyncResponse::Status(_) => (0, 0),
+            SyncResponse::Status(_) | SyncResponse::Busy { .. } => (0, 0),
             SyncResponse::Headers(h) => (h.len(), MAX_HEADERS_PER_REQUEST as usize),
             SyncResponse::Blocks(b) => (b.len(), MAX_BLOCKS_PER_REQUEST),
         };

@@ -1,4 +1,6 @@
-//! The serving side of sync: answer within the limits, and only at a bounded rate per peer.
+//! The serving side of sync: answer within the limits, and only at a bounded rate per peer. A
+//! request over the rate gets an explicit `Busy` with a retry hint, never silence, so the client
+//! can tell rate limiting from a stall.
 
 use std::time::Instant;
 
@@ -28,53 +30,75 @@ pub const SERVE_RATE_PER_SEC: f64 = 20.0;
 /// Burst of requests allowed.
 pub const SERVE_BURST: f64 = 40.0;
 
-/// Why a request was not answered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum ServeError {
-    /// The peer asks faster than allowed.
-    #[error("peer exceeds {SERVE_RATE_PER_SEC} sync requests per second")]
-    RateLimited,
+/// What the server has done, for the node's metrics (counters, never rates).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SyncServerMetrics {
+    /// Requests answered with data.
+    pub served: u64,
+    /// Requests answered with `Busy` (over the rate limit).
+    pub busy: u64,
+    /// Headers sent.
+    pub headers_sent: u64,
+    /// Blocks sent.
+    pub blocks_sent: u64,
 }
 
 /// Answers sync requests, rate-limited per peer.
 #[derive(Debug)]
 pub struct SyncServer<P: PeerKey> {
     limiter: RateLimiter<P>,
+    /// Milliseconds until a drained bucket holds one request's token again.
+    retry_after_ms: u32,
+    metrics: SyncServerMetrics,
 }
 
 impl<P: PeerKey> Default for SyncServer<P> {
     fn default() -> Self {
-        SyncServer {
-            limiter: RateLimiter::new(SERVE_RATE_PER_SEC, SERVE_BURST),
-        }
+        Self::with_rate(SERVE_RATE_PER_SEC, SERVE_BURST)
     }
 }
 
 impl<P: PeerKey> SyncServer<P> {
     /// A server allowing `rate` requests per second per peer, in bursts of `burst`.
     pub fn with_rate(rate: f64, burst: f64) -> Self {
+        // A request costs one token; an empty bucket refills one in 1/rate seconds.
+        let retry_after_ms = (1_000.0 / rate.max(1e-3))
+            .ceil()
+            .clamp(1.0, u32::MAX as f64) as u32;
         SyncServer {
             limiter: RateLimiter::new(rate, burst),
+            retry_after_ms,
+            metrics: SyncServerMetrics::default(),
         }
     }
 
-    /// Answers `request` from `peer`, never beyond the protocol limits.
+    /// Answers `request` from `peer`, never beyond the protocol limits: at most
+    /// `MAX_HEADERS_PER_REQUEST` headers, at most `MAX_BLOCKS_PER_REQUEST` blocks and (past the
+    /// first block) at most `MAX_BLOCKS_REPLY_BYTES` of them. Over the rate limit the answer is
+    /// `SyncResponse::Busy`, which the adapter sends like any other reply.
     pub fn serve(
         &mut self,
         now: Instant,
         peer: P,
         request: SyncRequest,
         host: &impl SyncServeHost,
-    ) -> Result<SyncResponse, ServeError> {
+    ) -> SyncResponse {
         if !self.limiter.allow(peer, 1.0, now) {
-            return Err(ServeError::RateLimited);
+            self.metrics.busy += 1;
+            return SyncResponse::Busy {
+                retry_after_ms: self.retry_after_ms,
+            };
         }
-        Ok(match request {
+        self.metrics.served += 1;
+        match request {
             SyncRequest::Status(_) => SyncResponse::Status(host.status()),
             SyncRequest::GetHeaders { locator, max } => {
                 let max = max.min(MAX_HEADERS_PER_REQUEST) as usize;
-                SyncResponse::Headers(host.headers_after(&locator, max))
+                let mut headers = host.headers_after(&locator, max);
+                // The host is asked for `max`; never trust it to have obeyed.
+                headers.truncate(max);
+                self.metrics.headers_sent += headers.len() as u64;
+                SyncResponse::Headers(headers)
             }
             SyncRequest::GetBlocks(hashes) => {
                 let mut blocks = Vec::new();
@@ -88,9 +112,15 @@ impl<P: PeerKey> SyncServer<P> {
                     bytes += size;
                     blocks.push(b);
                 }
+                self.metrics.blocks_sent += blocks.len() as u64;
                 SyncResponse::Blocks(blocks)
             }
-        })
+        }
+    }
+
+    /// What the server has done so far.
+    pub fn metrics(&self) -> SyncServerMetrics {
+        self.metrics
     }
 
     /// Forgets a disconnected peer.
