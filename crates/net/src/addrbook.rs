@@ -1,11 +1,15 @@
 //! The address book: what we know about peers we could dial, persisted across restarts.
 //!
 //! Entries come from any source (bootstrap and persistent peers from the config, manual
-//! `connect` calls, identify, peer exchange); discovery mechanisms only ever call
+//! `connect` calls, identify, peer exchange, the DHT, mDNS); discovery mechanisms only ever call
 //! [`AddressBook::add`]. Each record keeps the peer id, up to [`MAX_ADDRS_PER_PEER`] addresses
-//! (each with its own failure count and backoff deadline), the source, when it was last seen
-//! connected, its consecutive dial failures and whether it was an outbound *anchor* at the last
-//! save. On restart the anchors are dialled first (Bitcoin's anchors), so a node whose last good
+//! (each with its own source, failure count and backoff deadline, and whether a dial to it ever
+//! succeeded), the source, when it was last seen connected, its consecutive dial failures, the
+//! capabilities it is known to have and whether it was an outbound *anchor* at the last save.
+//!
+//! An address a peer told us about is a claim, not a fact: it is *verified* only once one of
+//! our dials to it succeeded. Only verified addresses are passed on to other peers (peer
+//! exchange), and when the book is full records without a verified address go first. On restart the anchors are dialled first (Bitcoin's anchors), so a node whose last good
 //! peers are still up needs no bootstrap node.
 //!
 //! Persistence goes through the [`AddressBookStore`] trait: the book is encoded with postcard
@@ -20,6 +24,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
 use parking_lot::Mutex;
+use playergold_protocol::Capabilities;
 use rand::Rng;
 use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
@@ -45,9 +50,13 @@ pub const MAX_ANCHORS: usize = 8;
 /// `ChainStore::put_aux`).
 pub const ADDRESS_BOOK_AUX_KEY: &str = "net/address_book";
 
-/// Format version written in front of the encoded book; a different version is ignored (the
-/// node starts with an empty book and logs a warning) rather than misread.
-const FORMAT_VERSION: u8 = 1;
+/// Format version written in front of the encoded book; an unknown version is ignored (the
+/// node starts with an empty book and logs a warning) rather than misread. Version 2 added
+/// per-address sources, verification and peer capabilities; version 1 books still load.
+const FORMAT_VERSION: u8 = 2;
+
+/// The first format version (no per-address source, verification or capabilities).
+const FORMAT_VERSION_1: u8 = 1;
 
 /// Seconds since the Unix epoch (wall clock, for persisted timestamps).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -84,12 +93,23 @@ pub enum AddrSource {
     Identify,
     /// Another peer told us (peer exchange).
     PeerExchange,
+    /// A Kademlia DHT lookup returned it.
+    Dht,
+    /// An mDNS announcement on the local network.
+    Mdns,
 }
 
 impl AddrSource {
     /// Whether the source is the operator (configuration or manual call) rather than a peer.
     pub fn is_trusted(self) -> bool {
         matches!(self, Self::Bootstrap | Self::Persistent | Self::Manual)
+    }
+
+    /// Whether loopback and private addresses from this source are kept even when the network
+    /// does not allow local addresses: the operator's own addresses, and mDNS, whose whole
+    /// point is the local network (its announcements never leave the link).
+    pub fn allows_local(self) -> bool {
+        self.is_trusted() || self == Self::Mdns
     }
 }
 
@@ -98,6 +118,11 @@ impl AddrSource {
 pub struct AddrEntry {
     /// The address, without a trailing `/p2p/<peer-id>`.
     pub addr: Multiaddr,
+    /// Where we first learned this address (an operator source replaces a peer source).
+    pub source: AddrSource,
+    /// Whether one of our dials to this address ever succeeded. Unverified addresses are
+    /// dialled but never passed on to other peers.
+    pub verified: bool,
     /// Consecutive failed dials to this address.
     pub failures: FailureCount,
     /// Not dialled again before this instant (runtime only, not persisted).
@@ -119,6 +144,15 @@ pub struct PeerRecord {
     pub failures: FailureCount,
     /// Whether it was one of our outbound peers at the last save.
     pub anchor: bool,
+    /// What the peer is known to offer (its identify message, or a DHT capability lookup).
+    pub capabilities: Capabilities,
+}
+
+impl PeerRecord {
+    /// The addresses a dial of ours has succeeded to.
+    pub fn verified_addrs(&self) -> impl Iterator<Item = &Multiaddr> {
+        self.addrs.iter().filter(|e| e.verified).map(|e| &e.addr)
+    }
 }
 
 /// Errors from the address book store and from decoding a stored book.
@@ -287,8 +321,15 @@ pub fn ip_of(addr: &Multiaddr) -> Option<IpAddr> {
 /// Whether an address is worth sharing and dialling on the public internet: not loopback,
 /// private, link-local, unspecified or otherwise special.
 pub fn is_global(addr: &Multiaddr) -> bool {
-    match ip_of(addr) {
-        Some(IpAddr::V4(ip)) => {
+    // DNS names and other addresses: leave the decision to the dialer.
+    ip_of(addr).is_none_or(is_global_ip)
+}
+
+/// Whether an IP address is routable on the public internet: not loopback, private,
+/// link-local, unspecified or otherwise special.
+pub fn is_global_ip(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(ip) => {
             !(ip.is_loopback()
                 || ip.is_private()
                 || ip.is_link_local()
@@ -297,15 +338,13 @@ pub fn is_global(addr: &Multiaddr) -> bool {
                 || ip.is_documentation()
                 || (ip.octets()[0] == 100 && (ip.octets()[1] & 0xc0) == 64))
         }
-        Some(IpAddr::V6(ip)) => {
+        IpAddr::V6(ip) => {
             let seg0 = ip.segments()[0];
             !(ip.is_loopback()
                 || ip.is_unspecified()
                 || (seg0 & 0xfe00) == 0xfc00
                 || (seg0 & 0xffc0) == 0xfe80)
         }
-        // DNS names and other addresses: leave the decision to the dialer.
-        None => true,
     }
 }
 
@@ -319,6 +358,8 @@ pub struct AddressBook {
 struct StoredAddr {
     addr: Vec<u8>,
     failures: u32,
+    source: AddrSource,
+    verified: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -329,6 +370,49 @@ struct StoredRecord {
     last_seen: Option<u64>,
     failures: u32,
     anchor: bool,
+    capabilities: u8,
+}
+
+/// An address as format version 1 stored it.
+#[derive(Serialize, Deserialize)]
+struct StoredAddrV1 {
+    addr: Vec<u8>,
+    failures: u32,
+}
+
+/// A record as format version 1 stored it.
+#[derive(Serialize, Deserialize)]
+struct StoredRecordV1 {
+    peer: Vec<u8>,
+    addrs: Vec<StoredAddrV1>,
+    source: AddrSource,
+    last_seen: Option<u64>,
+    failures: u32,
+    anchor: bool,
+}
+
+impl From<StoredRecordV1> for StoredRecord {
+    fn from(r: StoredRecordV1) -> Self {
+        let source = r.source;
+        Self {
+            peer: r.peer,
+            addrs: r
+                .addrs
+                .into_iter()
+                .map(|a| StoredAddr {
+                    addr: a.addr,
+                    failures: a.failures,
+                    source,
+                    verified: false,
+                })
+                .collect(),
+            source,
+            last_seen: r.last_seen,
+            failures: r.failures,
+            anchor: r.anchor,
+            capabilities: 0,
+        }
+    }
 }
 
 impl AddressBook {
@@ -359,7 +443,8 @@ impl AddressBook {
 
     /// Adds addresses of a peer learned from `source`. Addresses carrying a `/p2p/` id are
     /// stored without it; addresses naming another peer are ignored. When the book is full the
-    /// worst record (most failures, then oldest) that is not an anchor makes room.
+    /// worst record that is not an anchor nor from the operator makes room: one without a
+    /// verified address first, then the most failures, then the least recently seen.
     pub fn add(
         &mut self,
         peer: PeerId,
@@ -382,7 +467,14 @@ impl AddressBook {
                 .records
                 .values()
                 .filter(|r| !r.anchor && !r.source.is_trusted())
-                .max_by_key(|r| (r.failures, std::cmp::Reverse(r.last_seen), r.peer))
+                .max_by_key(|r| {
+                    (
+                        r.verified_addrs().next().is_none(),
+                        r.failures,
+                        std::cmp::Reverse(r.last_seen),
+                        r.peer,
+                    )
+                })
                 .map(|r| r.peer);
             match worst {
                 Some(worst) => {
@@ -398,12 +490,16 @@ impl AddressBook {
             last_seen: None,
             failures: FailureCount::default(),
             anchor: false,
+            capabilities: Capabilities::NONE,
         });
         if source.is_trusted() && !record.source.is_trusted() {
             record.source = source;
         }
         for addr in addrs {
-            if record.addrs.iter().any(|e| e.addr == addr) {
+            if let Some(entry) = record.addrs.iter_mut().find(|e| e.addr == addr) {
+                if source.is_trusted() && !entry.source.is_trusted() {
+                    entry.source = source;
+                }
                 continue;
             }
             if record.addrs.len() >= MAX_ADDRS_PER_PEER {
@@ -420,10 +516,40 @@ impl AddressBook {
             }
             record.addrs.push(AddrEntry {
                 addr,
+                source,
+                verified: false,
                 failures: FailureCount::default(),
                 retry_at: None,
             });
         }
+    }
+
+    /// Records what `peer` offers, if the book knows it (capabilities are a hint for choosing
+    /// peers, never a reason to add one).
+    pub fn set_capabilities(&mut self, peer: &PeerId, capabilities: Capabilities) {
+        if let Some(record) = self.records.get_mut(peer) {
+            record.capabilities = capabilities;
+        }
+    }
+
+    /// An address stopped being announced (an mDNS record expired). It is forgotten only if it
+    /// is also failing and was never verified: an announcement can lapse because one multicast
+    /// packet was lost, so expiry alone proves nothing. A record left with no address and no
+    /// operator source goes too. Returns whether the address was removed.
+    pub fn expire_addr(&mut self, peer: &PeerId, addr: &Multiaddr) -> bool {
+        let (addr, _) = split_peer_id(addr);
+        let Some(record) = self.records.get_mut(peer) else {
+            return false;
+        };
+        let before = record.addrs.len();
+        record
+            .addrs
+            .retain(|e| e.addr != addr || e.verified || e.failures.0 == 0);
+        let removed = record.addrs.len() < before;
+        if record.addrs.is_empty() && !record.source.is_trusted() {
+            self.records.remove(peer);
+        }
+        removed
     }
 
     /// Forgets a peer.
@@ -443,7 +569,7 @@ impl AddressBook {
     }
 
     /// Records a connection to `peer` (through `addr` for an outbound one): it was seen now, and
-    /// the address works. The peer's failure count is only cleared by
+    /// the address works (it becomes verified). The peer's failure count is only cleared by
     /// [`AddressBook::record_healthy`], once the connection has lasted: a peer that accepts and
     /// drops us at once must keep backing off.
     pub fn record_connected(&mut self, peer: &PeerId, addr: Option<&Multiaddr>, now: UnixTime) {
@@ -454,6 +580,7 @@ impl AddressBook {
                 if let Some(entry) = record.addrs.iter_mut().find(|e| e.addr == addr) {
                     entry.failures = FailureCount::default();
                     entry.retry_at = None;
+                    entry.verified = true;
                 }
             }
         }
@@ -531,12 +658,15 @@ impl AddressBook {
                     .map(|e| StoredAddr {
                         addr: e.addr.to_vec(),
                         failures: e.failures.0,
+                        source: e.source,
+                        verified: e.verified,
                     })
                     .collect(),
                 source: r.source,
                 last_seen: r.last_seen.map(|t| t.0),
                 failures: r.failures.0,
                 anchor: r.anchor,
+                capabilities: r.capabilities.bits(),
             })
             .collect();
         // A stable order makes the saved blob deterministic.
@@ -560,13 +690,20 @@ impl AddressBook {
         let (version, body) = bytes
             .split_first()
             .ok_or_else(|| AddrBookError::Corrupt("empty blob".into()))?;
-        if *version != FORMAT_VERSION {
-            return Err(AddrBookError::Corrupt(format!(
-                "unknown format version {version}"
-            )));
-        }
-        let stored: Vec<StoredRecord> =
-            postcard::from_bytes(body).map_err(|e| AddrBookError::Corrupt(e.to_string()))?;
+        let corrupt = |e: postcard::Error| AddrBookError::Corrupt(e.to_string());
+        let stored: Vec<StoredRecord> = match *version {
+            FORMAT_VERSION => postcard::from_bytes(body).map_err(corrupt)?,
+            FORMAT_VERSION_1 => postcard::from_bytes::<Vec<StoredRecordV1>>(body)
+                .map_err(corrupt)?
+                .into_iter()
+                .map(StoredRecord::from)
+                .collect(),
+            other => {
+                return Err(AddrBookError::Corrupt(format!(
+                    "unknown format version {other}"
+                )));
+            }
+        };
         let mut book = Self::new();
         for r in stored.into_iter().take(MAX_ADDRESS_BOOK_ENTRIES) {
             let Ok(peer) = PeerId::from_bytes(&r.peer) else {
@@ -579,6 +716,8 @@ impl AddressBook {
                 .filter_map(|a| {
                     Multiaddr::try_from(a.addr).ok().map(|addr| AddrEntry {
                         addr,
+                        source: a.source,
+                        verified: a.verified,
                         failures: FailureCount(a.failures),
                         retry_at: None,
                     })
@@ -596,6 +735,7 @@ impl AddressBook {
                     last_seen: r.last_seen.map(UnixTime),
                     failures: FailureCount(r.failures),
                     anchor: r.anchor,
+                    capabilities: Capabilities::from_bits(r.capabilities),
                 },
             );
         }
@@ -775,6 +915,73 @@ mod tests {
             book.get(&first.expect("set")).is_none(),
             "the failing record made room"
         );
+    }
+
+    #[test]
+    fn addresses_are_verified_only_by_a_successful_dial() {
+        let mut book = AddressBook::new();
+        let p = PeerId::random();
+        let a = addr("/ip4/10.0.0.1/udp/1/quic-v1");
+        book.add(p, [a.clone()], AddrSource::PeerExchange);
+        let record = book.get(&p).expect("added");
+        assert_eq!(record.addrs[0].source, AddrSource::PeerExchange);
+        assert_eq!(record.verified_addrs().count(), 0, "a claim is not a fact");
+        // An inbound connection proves nothing about the listen address.
+        book.record_connected(&p, None, UnixTime(5));
+        assert_eq!(book.get(&p).expect("kept").verified_addrs().count(), 0);
+        book.record_connected(&p, Some(&a), UnixTime(6));
+        let decoded = AddressBook::decode(&book.encode()).expect("decodes");
+        assert_eq!(
+            decoded
+                .get(&p)
+                .expect("kept")
+                .verified_addrs()
+                .collect::<Vec<_>>(),
+            vec![&a]
+        );
+    }
+
+    #[test]
+    fn version_1_books_still_load() {
+        let p = PeerId::random();
+        let v1 = vec![StoredRecordV1 {
+            peer: p.to_bytes(),
+            addrs: vec![StoredAddrV1 {
+                addr: addr("/ip4/10.0.0.1/tcp/1").to_vec(),
+                failures: 2,
+            }],
+            source: AddrSource::Bootstrap,
+            last_seen: Some(9),
+            failures: 1,
+            anchor: true,
+        }];
+        let mut bytes = vec![FORMAT_VERSION_1];
+        bytes.extend(postcard::to_stdvec(&v1).expect("encodes"));
+        let book = AddressBook::decode(&bytes).expect("v1 decodes");
+        let r = book.get(&p).expect("kept");
+        assert!(r.anchor);
+        assert_eq!(r.addrs[0].failures, FailureCount(2));
+        assert_eq!(r.addrs[0].source, AddrSource::Bootstrap);
+        assert!(!r.addrs[0].verified);
+    }
+
+    #[test]
+    fn expired_announcement_removes_only_failing_unverified_addresses() {
+        let mut book = AddressBook::new();
+        let mut rng = StdRng::seed_from_u64(3);
+        let p = PeerId::random();
+        let (a, b) = (
+            addr("/ip4/10.0.0.1/udp/1/quic-v1"),
+            addr("/ip4/10.0.0.2/udp/1/quic-v1"),
+        );
+        book.add(p, [a.clone(), b.clone()], AddrSource::Mdns);
+        assert!(!book.expire_addr(&p, &a), "never failed: kept");
+        book.record_addr_failure(&p, &a, Instant::now(), &BackoffConfig::default(), &mut rng);
+        assert!(book.expire_addr(&p, &a), "failing and expired: removed");
+        book.record_connected(&p, Some(&b), UnixTime(1));
+        book.record_addr_failure(&p, &b, Instant::now(), &BackoffConfig::default(), &mut rng);
+        assert!(!book.expire_addr(&p, &b), "verified: kept");
+        assert_eq!(book.get(&p).expect("kept").addrs.len(), 1);
     }
 
     #[test]

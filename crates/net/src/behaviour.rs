@@ -1,38 +1,95 @@
 //! The libp2p side: the composed [`NodeBehaviour`] and the [`Gatekeeper`], a thin
 //! `NetworkBehaviour` adapter around the sans-IO [`ConnectionManager`].
 //!
+//! The gatekeeper's per-connection handler ([`KeepAliveHandler`]) speaks no protocol; it only
+//! tells the swarm whether the manager wants the connection. The swarm closes a connection once
+//! no handler wants it and it has had no stream for the idle timeout, so connections the
+//! manager did not ask for (DHT lookups dial peers to query them) go away by themselves once
+//! Kademlia is done with them, while the peers we chose stay.
+//!
 //! Field order of [`NodeBehaviour`] matters: libp2p asks each field in turn and stops at the
 //! first refusal, and behaviours asked earlier may already have set up per-connection state
 //! (request-response does). So the refusing behaviours come first: libp2p's own limits
 //! (pending, per-peer, total, memory), then the gatekeeper; the ones after it never refuse.
 
 use std::collections::VecDeque;
+use std::convert::Infallible;
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use libp2p::core::Endpoint;
 use libp2p::core::transport::PortUse;
+use libp2p::core::upgrade::DeniedUpgrade;
+use libp2p::kad::store::MemoryStore;
 use libp2p::swarm::behaviour::ConnectionEstablished;
+use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::handler::{ConnectionEvent, ConnectionHandlerEvent, SubstreamProtocol};
 use libp2p::swarm::{
-    CloseConnection, ConnectionClosed, ConnectionDenied, ConnectionId, DialError, DialFailure,
-    FromSwarm, NetworkBehaviour, THandler, THandlerInEvent, THandlerOutEvent, ToSwarm, dummy,
+    CloseConnection, ConnectionClosed, ConnectionDenied, ConnectionHandler, ConnectionId,
+    DialError, DialFailure, FromSwarm, NetworkBehaviour, NotifyHandler, THandler, THandlerInEvent,
+    THandlerOutEvent, ToSwarm,
 };
 use libp2p::{
-    Multiaddr, PeerId, connection_limits, identify, memory_connection_limits, ping,
+    Multiaddr, PeerId, connection_limits, identify, kad, mdns, memory_connection_limits, ping,
     request_response,
 };
+use playergold_protocol::Capabilities;
 
 use crate::addrbook::{UnixTime, ip_of};
 use crate::metrics::NetworkMetrics;
 use crate::peer_exchange::AddrCodec;
 use crate::policy::{Action, ConnectionManager, Direction, DisconnectReason};
 
+/// The gatekeeper's connection handler: no protocol, only whether to keep the connection alive
+/// (set at establishment, and to `true` when the manager adopts the connection).
+#[derive(Debug)]
+pub(crate) struct KeepAliveHandler {
+    keep: bool,
+}
+
+impl ConnectionHandler for KeepAliveHandler {
+    type FromBehaviour = bool;
+    type ToBehaviour = Infallible;
+    type InboundProtocol = DeniedUpgrade;
+    type OutboundProtocol = DeniedUpgrade;
+    type InboundOpenInfo = ();
+    type OutboundOpenInfo = ();
+
+    fn listen_protocol(&self) -> SubstreamProtocol<Self::InboundProtocol> {
+        SubstreamProtocol::new(DeniedUpgrade, ())
+    }
+
+    fn connection_keep_alive(&self) -> bool {
+        self.keep
+    }
+
+    fn on_behaviour_event(&mut self, keep: bool) {
+        self.keep = keep;
+    }
+
+    fn poll(
+        &mut self,
+        _: &mut Context<'_>,
+    ) -> Poll<ConnectionHandlerEvent<Self::OutboundProtocol, (), Self::ToBehaviour>> {
+        Poll::Pending
+    }
+
+    fn on_connection_event(
+        &mut self,
+        _: ConnectionEvent<Self::InboundProtocol, Self::OutboundProtocol>,
+    ) {
+        // `DeniedUpgrade` negotiates nothing, so no stream ever reaches this handler.
+    }
+}
+
 /// Events the gatekeeper reports to the service.
 #[derive(Debug)]
 pub(crate) enum GateEvent {
     /// Ask this peer for addresses.
     RequestAddrs(PeerId),
+    /// Look up peers with these capabilities in the DHT.
+    FindCapable(Capabilities),
 }
 
 /// Runs the [`ConnectionManager`]'s decisions inside the swarm.
@@ -94,6 +151,14 @@ impl Gatekeeper {
                 Action::RequestAddrs { peer } => {
                     ToSwarm::GenerateEvent(GateEvent::RequestAddrs(peer))
                 }
+                Action::FindCapable { capabilities } => {
+                    ToSwarm::GenerateEvent(GateEvent::FindCapable(capabilities))
+                }
+                Action::Keep { peer, connection } => ToSwarm::NotifyHandler {
+                    peer_id: peer,
+                    handler: NotifyHandler::One(connection),
+                    event: true,
+                },
             };
             self.queue.push_back(item);
         }
@@ -104,7 +169,7 @@ impl Gatekeeper {
 }
 
 impl NetworkBehaviour for Gatekeeper {
-    type ConnectionHandler = dummy::ConnectionHandler;
+    type ConnectionHandler = KeepAliveHandler;
     type ToSwarm = GateEvent;
 
     fn handle_pending_inbound_connection(
@@ -145,7 +210,8 @@ impl NetworkBehaviour for Gatekeeper {
             .check_established_inbound(peer, ip_of(remote_addr))
             .map_err(ConnectionDenied::new)?;
         self.apply(actions);
-        Ok(dummy::ConnectionHandler)
+        // Inbound peers hold slots; the manager evicts them when it must.
+        Ok(KeepAliveHandler { keep: true })
     }
 
     fn handle_established_outbound_connection(
@@ -159,7 +225,9 @@ impl NetworkBehaviour for Gatekeeper {
         self.manager
             .check_established_outbound(peer, ip_of(addr))
             .map_err(ConnectionDenied::new)?;
-        Ok(dummy::ConnectionHandler)
+        Ok(KeepAliveHandler {
+            keep: self.manager.wants(&peer),
+        })
     }
 
     fn on_swarm_event(&mut self, event: FromSwarm) {
@@ -215,7 +283,7 @@ impl NetworkBehaviour for Gatekeeper {
         _connection_id: ConnectionId,
         event: THandlerOutEvent<Self>,
     ) {
-        // The dummy handler emits no events (its event type is uninhabited).
+        // The handler emits no events (its event type is uninhabited).
         match event {}
     }
 
@@ -253,4 +321,9 @@ pub(crate) struct NodeBehaviour {
     /// Raw streams for the protocols built above this crate (relay, sync), opened and accepted
     /// through [`crate::NetworkHandle::streams`].
     pub(crate) streams: libp2p_stream::Behaviour,
+    /// The Kademlia DHT (`NetworkConfig::dht`), with manual routing-table inserts through the
+    /// diversity filter (see [`crate::discovery`]).
+    pub(crate) kad: Toggle<kad::Behaviour<MemoryStore>>,
+    /// mDNS discovery on the local network (`NetworkConfig::mdns`).
+    pub(crate) mdns: Toggle<mdns::tokio::Behaviour>,
 }

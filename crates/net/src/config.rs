@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use libp2p::{Multiaddr, PeerId};
+use playergold_protocol::Capabilities;
 
 use crate::addrbook::{BackoffConfig, split_peer_id};
 use crate::latency::LinkDelay;
@@ -49,6 +50,35 @@ pub const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(20);
 /// minute keeps peer exchange traffic negligible.
 pub const DEFAULT_ADDR_REQUEST_INTERVAL: Duration = Duration::from_secs(60);
 
+/// Default outbound slots kept for AI-capable peers: two, so that AI challenges and solutions
+/// have two independent paths into the AI subnetwork from every node (like Lighthouse's
+/// subnet peers), while six of the eight outbound slots stay free for everyone else.
+pub const DEFAULT_AI_PEER_SLOTS: usize = 2;
+
+/// Default refill interval of the per-peer peer-exchange token bucket: one answer per 500 ms.
+/// Honest peers ask at most once per `addr_request_interval` (a minute by default; a second on
+/// test networks), so only a peer that spams requests to make us work ever runs dry.
+pub const DEFAULT_ADDR_RESPONSE_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Default burst of the per-peer peer-exchange token bucket: a reconnecting peer may ask a few
+/// times in a row without waiting.
+pub const DEFAULT_ADDR_RESPONSE_BURST: u32 = 3;
+
+/// Whether this node serves the Kademlia DHT to others (answers lookups, stores provider
+/// records) or only uses it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum DhtMode {
+    /// Server once the node knows it is reachable (an external address is confirmed: declared
+    /// in `external_addrs`), client until then. An unreachable server would only make lookups of
+    /// other nodes time out.
+    #[default]
+    Auto,
+    /// Always a server (test networks and devnets, where every node is reachable).
+    Server,
+    /// Never a server.
+    Client,
+}
+
 /// Errors in a [`NetworkConfig`].
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -88,6 +118,16 @@ pub enum ConfigError {
     /// The memory limit is not a percentage in 1..=100.
     #[error("max_memory_percent ({0}) must be between 1 and 100")]
     BadMemoryPercent(u8),
+    /// The peer-exchange rate limit would never refill or never allow an answer.
+    #[error(
+        "addr_response_interval must be non-zero and addr_response_burst at least 1 (got {interval:?}, {burst})"
+    )]
+    BadAddrRateLimit {
+        /// Configured `addr_response_interval`.
+        interval: Duration,
+        /// Configured `addr_response_burst`.
+        burst: u32,
+    },
 }
 
 /// Configuration of the network service.
@@ -138,6 +178,27 @@ pub struct NetworkConfig {
     /// Emulated one-way delay of each TCP link this node dials (benchmarks and tests only;
     /// `None` in production). See [`crate::latency`].
     pub link_delay: Option<LinkDelay>,
+    /// Discover peers on the local network with mDNS (multicast on every interface).
+    pub mdns: bool,
+    /// Run the Kademlia DHT (`/playergold/<network>/kad/1.0.0`): find peers beyond the
+    /// bootstrap nodes and peers with a capability.
+    pub dht: bool,
+    /// Whether the DHT serves others; see [`DhtMode`].
+    pub dht_mode: DhtMode,
+    /// Addresses at which the operator knows this node is reachable from other nodes (a public
+    /// IP, a forwarded port). They are announced to peers and make [`DhtMode::Auto`] a server.
+    pub external_addrs: Vec<Multiaddr>,
+    /// What this node offers (ai-compute, validator, archive), announced to peers in identify
+    /// and, for ai-compute and archive, as DHT provider records.
+    pub capabilities: Capabilities,
+    /// Outbound slots kept for AI-capable peers: below it the node looks them up in the DHT and
+    /// dials them, and eviction protects that many AI-capable peers. Capped at
+    /// `outbound_reserve`.
+    pub ai_peer_slots: usize,
+    /// Peer exchange rate limit: each peer's token bucket gains one answer per this interval.
+    pub addr_response_interval: Duration,
+    /// Peer exchange rate limit: answers a peer may save up.
+    pub addr_response_burst: u32,
 }
 
 impl NetworkConfig {
@@ -168,7 +229,21 @@ impl NetworkConfig {
             allow_local_addresses: false,
             rng_seed: None,
             link_delay: None,
+            mdns: true,
+            dht: true,
+            dht_mode: DhtMode::Auto,
+            external_addrs: Vec::new(),
+            capabilities: Capabilities::NONE,
+            ai_peer_slots: DEFAULT_AI_PEER_SLOTS,
+            addr_response_interval: DEFAULT_ADDR_RESPONSE_INTERVAL,
+            addr_response_burst: DEFAULT_ADDR_RESPONSE_BURST,
         }
+    }
+
+    /// Outbound slots actually kept for AI-capable peers: `ai_peer_slots`, at most
+    /// `outbound_reserve`.
+    pub fn ai_quota(&self) -> usize {
+        self.ai_peer_slots.min(self.outbound_reserve)
     }
 
     /// Inbound slots: `max_peers - outbound_reserve`.
@@ -199,6 +274,12 @@ impl NetworkConfig {
         if !(1..=100).contains(&self.max_memory_percent) {
             return Err(ConfigError::BadMemoryPercent(self.max_memory_percent));
         }
+        if self.addr_response_interval.is_zero() || self.addr_response_burst == 0 {
+            return Err(ConfigError::BadAddrRateLimit {
+                interval: self.addr_response_interval,
+                burst: self.addr_response_burst,
+            });
+        }
         for addr in self.bootstrap.iter().chain(&self.persistent_peers) {
             if split_peer_id(addr).1.is_none() {
                 return Err(ConfigError::MissingPeerId(addr.clone()));
@@ -223,6 +304,9 @@ mod tests {
         assert_eq!(cfg.min_peers, 8);
         assert_eq!(cfg.max_peers, 50);
         assert_eq!(cfg.inbound_slots(), 40);
+        assert!(cfg.mdns && cfg.dht);
+        assert_eq!(cfg.dht_mode, DhtMode::Auto);
+        assert_eq!(cfg.ai_quota(), DEFAULT_AI_PEER_SLOTS);
         let s: Vec<String> = cfg.listen_addrs.iter().map(ToString::to_string).collect();
         assert!(s.iter().any(|a| a.contains("/tcp/")));
         assert!(s.iter().any(|a| a.contains("/quic-v1")));

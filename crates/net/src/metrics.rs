@@ -26,6 +26,16 @@ pub struct NetworkMetrics {
     pub inbound_refused: Counter,
     /// `net_dial_failures_total`: outbound dials that failed.
     pub dial_failures: Counter,
+    /// `net_dht_routing_table_peers`: peers in the DHT routing table.
+    pub dht_routing_table_peers: Gauge,
+    /// `net_dht_diversity_refusals_total`: routing-table insertions refused by the IP
+    /// diversity filter (or for a local address on a public network).
+    pub dht_diversity_refusals: Counter,
+    /// `net_mdns_discovered_total`: peers announced by mDNS (one per peer per announcement).
+    pub mdns_discovered: Counter,
+    /// `net_addr_requests_limited_total`: peer exchange requests answered empty because the
+    /// asker's token bucket was empty.
+    pub addr_requests_limited: Counter,
 }
 
 impl NetworkMetrics {
@@ -66,6 +76,26 @@ impl NetworkMetrics {
             "dial_failures",
             "Outbound dials that failed",
             metrics.dial_failures.clone(),
+        );
+        registry.register(
+            "dht_routing_table_peers",
+            "Peers in the DHT routing table",
+            metrics.dht_routing_table_peers.clone(),
+        );
+        registry.register(
+            "dht_diversity_refusals",
+            "DHT routing-table insertions refused by the IP diversity filter",
+            metrics.dht_diversity_refusals.clone(),
+        );
+        registry.register(
+            "mdns_discovered",
+            "Peers announced by mDNS",
+            metrics.mdns_discovered.clone(),
+        );
+        registry.register(
+            "addr_requests_limited",
+            "Peer exchange requests answered empty by the rate limit",
+            metrics.addr_requests_limited.clone(),
         );
         metrics
     }

@@ -1,10 +1,14 @@
 //! Peer exchange: the minimal address discovery protocol `/playergold/<network>/addr/1`.
 //!
 //! A node asks a peer for addresses (an empty request) and gets back up to
-//! [`MAX_PEERS_PER_RESPONSE`] peers with their addresses. Requests go to outbound peers right
-//! after connecting and, while the node is below its outbound target with nothing to dial, to
-//! connected peers at most once per `addr_request_interval`. Full DHT or mDNS discovery can
-//! feed the same address book later; this protocol is only the simplest source.
+//! [`MAX_PEERS_PER_RESPONSE`] peers with at most [`MAX_ADDRS_PER_RESPONSE`] addresses in all,
+//! only addresses the answering node verified by dialling them itself. Requests go to outbound
+//! peers right after connecting and, while the node is below its outbound target with nothing to
+//! dial, to connected peers at most once per `addr_request_interval`. Answers are rate-limited
+//! per peer by a token bucket (`addr_response_interval`, `addr_response_burst`); a peer whose
+//! bucket is empty gets an empty answer. What we learn is recorded with source `PeerExchange`
+//! and stays unverified until a dial of ours succeeds. The DHT and mDNS feed the same address
+//! book (see [`crate::discovery`]).
 
 use libp2p::{Multiaddr, PeerId, StreamProtocol};
 use serde::{Deserialize, Serialize};
@@ -18,15 +22,19 @@ pub const PEER_EXCHANGE_PROTOCOL: &str = "addr";
 /// Version part of peer exchange.
 pub const PEER_EXCHANGE_VERSION: &str = "1";
 
-/// Peers per response: 64 gives a new node plenty of candidates for its 8 outbound slots while
-/// keeping one response small.
-pub const MAX_PEERS_PER_RESPONSE: usize = 64;
+/// Peers per response: 32 gives a new node four candidates per outbound slot while keeping one
+/// response small.
+pub const MAX_PEERS_PER_RESPONSE: usize = 32;
+
+/// Addresses per response, over all peers: most nodes have one or two good addresses, so 32
+/// covers [`MAX_PEERS_PER_RESPONSE`] peers without letting one peer's list crowd out others.
+pub const MAX_ADDRS_PER_RESPONSE: usize = 32;
 
 /// Largest request frame: requests are empty; a few bytes of slack for future flags.
 pub const MAX_REQUEST_FRAME: MaxFrameSize = MaxFrameSize::new(16);
 
-/// Largest response frame: 64 peers x (38-byte id + 8 addresses of at most ~64 bytes) is about
-/// 35 KiB; 64 KiB leaves room for encoding overhead.
+/// Largest response frame: 32 peers x 38-byte ids plus 32 addresses of at most ~64 bytes is
+/// about 3 KiB; 64 KiB leaves room for encoding overhead and older, larger answers.
 pub const MAX_RESPONSE_FRAME: MaxFrameSize = MaxFrameSize::new(64 * 1024);
 
 /// The protocol id of peer exchange on `network`.
@@ -51,17 +59,22 @@ struct WirePeer {
 impl AddrResponse {
     /// Encodes the response (postcard), truncated to the protocol limits.
     pub fn encode(&self) -> Vec<u8> {
+        let mut budget = MAX_ADDRS_PER_RESPONSE;
         let wire: Vec<WirePeer> = self
             .0
             .iter()
             .take(MAX_PEERS_PER_RESPONSE)
-            .map(|(p, addrs)| WirePeer {
-                peer: p.to_bytes(),
-                addrs: addrs
+            .map(|(p, addrs)| {
+                let addrs: Vec<Vec<u8>> = addrs
                     .iter()
-                    .take(MAX_ADDRS_PER_PEER)
+                    .take(MAX_ADDRS_PER_PEER.min(budget))
                     .map(|a| a.to_vec())
-                    .collect(),
+                    .collect();
+                budget -= addrs.len();
+                WirePeer {
+                    peer: p.to_bytes(),
+                    addrs,
+                }
             })
             .collect();
         // Serializing owned bytes into a Vec cannot fail; an empty response is a safe fallback.
@@ -76,6 +89,9 @@ impl AddrResponse {
             postcard::from_bytes(bytes).map_err(|_| invalid("malformed address response"))?;
         if wire.len() > MAX_PEERS_PER_RESPONSE {
             return Err(invalid("too many peers in address response"));
+        }
+        if wire.iter().map(|w| w.addrs.len()).sum::<usize>() > MAX_ADDRS_PER_RESPONSE {
+            return Err(invalid("too many addresses in address response"));
         }
         let mut out = Vec::with_capacity(wire.len());
         for w in wire {
@@ -167,11 +183,13 @@ mod tests {
             if let Ok(res) = AddrResponse::decode(&bytes) {
                 prop_assert!(res.0.len() <= MAX_PEERS_PER_RESPONSE);
                 prop_assert!(res.0.iter().all(|(_, a)| a.len() <= MAX_ADDRS_PER_PEER));
+                prop_assert!(res.0.iter().map(|(_, a)| a.len()).sum::<usize>() <= MAX_ADDRS_PER_RESPONSE);
             }
         }
 
+        /// Within the limits (here at most 8 x 4 addresses), encoding loses nothing.
         #[test]
-        fn round_trip(ports in proptest::collection::vec(proptest::collection::vec(any::<u16>(), 0..MAX_ADDRS_PER_PEER), 0..MAX_PEERS_PER_RESPONSE)) {
+        fn round_trip(ports in proptest::collection::vec(proptest::collection::vec(any::<u16>(), 0..=4), 0..=8)) {
             let res = AddrResponse(
                 ports
                     .iter()
@@ -217,5 +235,11 @@ mod tests {
                 .collect(),
         );
         assert!(res.encode().len() <= MAX_RESPONSE_FRAME.bytes() as usize);
+        let decoded = AddrResponse::decode(&res.encode()).expect("within limits");
+        let total: usize = decoded.0.iter().map(|(_, a)| a.len()).sum();
+        assert_eq!(
+            total, MAX_ADDRS_PER_RESPONSE,
+            "truncated to the address budget"
+        );
     }
 }

@@ -9,12 +9,26 @@
 //! - Outbound target `min_peers`; total cap `max_peers`; inbound slots are
 //!   `max_peers - outbound_reserve`.
 //! - Persistent peers are always redialled and never evicted; outbound peers are never evicted.
-//! - When the inbound slots are full a new inbound peer may evict an inbound one: the best-score,
+//! - Connections we asked for (our dials, manual connects, persistent peers) and inbound ones
+//!   are kept alive by the adapter; outbound connections we did not ask for (a DHT lookup dialled
+//!   the peer to query it) close once idle for [`DISCOVERY_CONNECTION_GRACE`], unless the
+//!   manager adopts them ([`Action::Keep`]): below the outbound target, or the AI quota, an
+//!   existing connection is adopted before anything new is dialled. Only adopted outbound
+//!   peers count towards the outbound target.
+//! - When the inbound slots are full a new inbound peer is accepted on probation (up to
+//!   [`PROBATION_SLOTS`] more); if it is still there after [`PROBATION_PERIOD`], or the
+//!   probation slots are full too, an inbound peer is evicted: the best-score,
 //!   lowest-latency, recently useful, most diverse and longest-connected peers are protected, and
 //!   the victim is the youngest peer of the most crowded IP group (/16 for IPv4, /32 for IPv6),
 //!   so an attacker with many connections from one group only displaces itself.
+//! - AI-capable peers have a quota of outbound slots (`ai_peer_slots`, like Lighthouse's subnet
+//!   peers): while fewer AI-capable peers are connected, the manager dials AI-capable candidates
+//!   even at the outbound target (up to the outbound reserve) and asks for a DHT lookup
+//!   ([`Action::FindCapable`], backing off from 5 s to a minute) when it knows too few; up to the
+//!   quota, AI-capable peers are protected from eviction and from trimming.
 //! - Dial addresses fail into a per-address exponential backoff with jitter; anchors (our last
-//!   outbound peers) are dialled first.
+//!   outbound peers) are dialled first, then, while the node has no peer at all, the bootstrap
+//!   nodes.
 
 use std::cmp::Reverse;
 use std::collections::{HashMap, HashSet};
@@ -24,6 +38,7 @@ use std::time::{Duration, Instant};
 use ipnet::IpNet;
 use libp2p::swarm::ConnectionId;
 use libp2p::{Multiaddr, PeerId};
+use playergold_protocol::Capabilities;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
@@ -53,6 +68,35 @@ pub const MAX_PROTECTED_PERCENT: usize = 75;
 /// An outbound connection that closes sooner than this counts as a failed dial: the peer
 /// refused or evicted us, or is flaky, and the backoff sends our next dials elsewhere.
 pub const SHORT_LIVED_CONNECTION: Duration = Duration::from_secs(10);
+
+/// Idle time after which an outbound connection we did not ask for closes (Kademlia dials peers
+/// to query them). Five seconds lets the next steps of a lookup reuse it, and the swarm never
+/// closes a connection while a protocol still uses it, so no request is cut off. Longer only
+/// makes every node hold more of other nodes' lookups in its inbound slots.
+pub const DISCOVERY_CONNECTION_GRACE: Duration = Duration::from_secs(5);
+
+/// Inbound connections accepted beyond the inbound slots without evicting anyone. Kademlia
+/// dials the peers it queries, so a busy node always has a few short-lived inbound lookup
+/// connections; evicting a real peer for each would churn the whole network. Sixteen covers the
+/// lookups of several nodes at once, and a flood beyond it evicts at once as before.
+pub const PROBATION_SLOTS: usize = 16;
+
+/// How long a connection may hold a probation slot before the manager evicts someone (maybe
+/// it) to get back within the inbound slots: a lookup's connection closes
+/// [`DISCOVERY_CONNECTION_GRACE`] after its last use, and 20 s covers a slow lookup (a few
+/// round trips and a timed-out peer) plus that idle time.
+pub const PROBATION_PERIOD: Duration = Duration::from_secs(20);
+
+/// First pause between two DHT lookups for AI-capable peers while below the AI quota and the
+/// book knows too few of them; it doubles after each lookup up to
+/// [`CAPABILITY_LOOKUP_INTERVAL`]. Five seconds lets a new node (whose first lookup ran on a young
+/// routing table) try again as soon as it knows a few peers, without every newcomer hammering
+/// the few AI nodes' neighbourhoods.
+pub const CAPABILITY_LOOKUP_MIN_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Longest pause between two DHT lookups for AI-capable peers: a lookup costs a few dozen
+/// small messages, so once a minute is negligible even on a network without AI nodes.
+pub const CAPABILITY_LOOKUP_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Most peers with a remembered score: as many as the address book holds, so every known peer
 /// can keep its score while the map stays bounded.
@@ -181,6 +225,19 @@ pub enum Action {
         /// The connection to close.
         connection: ConnectionId,
     },
+    /// Look up peers with these capabilities in the DHT (the AI quota is unmet and the book
+    /// has no candidate); results come back through [`ConnectionManager::note_capabilities`].
+    FindCapable {
+        /// The capability wanted.
+        capabilities: Capabilities,
+    },
+    /// Keep this connection alive: the manager adopted a connection it did not ask for.
+    Keep {
+        /// The peer.
+        peer: PeerId,
+        /// The connection.
+        connection: ConnectionId,
+    },
 }
 
 /// A connected peer, as reported by [`ConnectionManager::peers`].
@@ -198,6 +255,8 @@ pub struct PeerInfo {
     pub score: Score,
     /// Whether it is a persistent peer.
     pub persistent: bool,
+    /// What it offers, from its identify message (none until it arrives).
+    pub capabilities: Capabilities,
 }
 
 /// One inbound peer seen by the eviction algorithm.
@@ -314,6 +373,10 @@ struct PeerState {
     last_useful: Option<Instant>,
     score: Score,
     evicting: bool,
+    capabilities: Capabilities,
+    /// We chose this peer (our dial, a manual connect, a persistent peer), as opposed to a
+    /// connection Kademlia dialled for a lookup.
+    requested: bool,
 }
 
 /// The connection manager (see the module documentation).
@@ -322,6 +385,11 @@ pub struct ConnectionManager {
     local: PeerId,
     min_outbound: usize,
     max_peers: usize,
+    outbound_reserve: usize,
+    ai_quota: usize,
+    next_capability_lookup: Option<Instant>,
+    capability_lookup_delay: Duration,
+    short_of_candidates: bool,
     inbound_slots: usize,
     max_inbound_per_ip: usize,
     allow_local_addresses: bool,
@@ -367,6 +435,11 @@ impl ConnectionManager {
             local,
             min_outbound: config.min_peers,
             max_peers: config.max_peers,
+            outbound_reserve: config.outbound_reserve,
+            ai_quota: config.ai_quota(),
+            next_capability_lookup: None,
+            capability_lookup_delay: CAPABILITY_LOOKUP_MIN_INTERVAL,
+            short_of_candidates: false,
             inbound_slots: config.inbound_slots(),
             max_inbound_per_ip: config.max_inbound_per_ip,
             allow_local_addresses: config.allow_local_addresses,
@@ -407,14 +480,49 @@ impl ConnectionManager {
     }
 
     /// Adds addresses learned from `source`. Unless local addresses are allowed, loopback and
-    /// private addresses from peers (identify, peer exchange) are dropped.
+    /// private addresses from peers (identify, peer exchange, DHT) are dropped; the operator's
+    /// and mDNS's are kept (see [`AddrSource::allows_local`]).
     pub fn add_addresses(&mut self, peer: PeerId, addrs: Vec<Multiaddr>, source: AddrSource) {
         if peer == self.local {
             return;
         }
-        let allow_local = self.allow_local_addresses || source.is_trusted();
+        let allow_local = self.allow_local_addresses || source.allows_local();
         let addrs = addrs.into_iter().filter(|a| allow_local || is_global(a));
         self.book.add(peer, addrs, source);
+    }
+
+    /// An mDNS announcement of `peer` at `addr` expired. The address is forgotten only when the
+    /// peer is not connected and the address is failing and unverified
+    /// ([`AddressBook::expire_addr`]).
+    pub fn on_addr_expired(&mut self, peer: &PeerId, addr: &Multiaddr) {
+        if !self.peers.contains_key(peer) {
+            self.book.expire_addr(peer, addr);
+        }
+    }
+
+    /// A connected peer identified itself with these capabilities (they replace what we knew).
+    pub fn on_identified(&mut self, peer: PeerId, capabilities: Capabilities) {
+        if let Some(state) = self.peers.get_mut(&peer) {
+            state.capabilities = capabilities;
+        }
+        self.book.set_capabilities(&peer, capabilities);
+    }
+
+    /// A DHT lookup says `peer` offers `capabilities` (added to what the book knows; the book
+    /// must already know the peer's addresses).
+    pub fn note_capabilities(&mut self, peer: PeerId, capabilities: Capabilities) {
+        if let Some(known) = self.book.get(&peer).map(|r| r.capabilities) {
+            self.book.set_capabilities(&peer, known.with(capabilities));
+        }
+    }
+
+    /// The remote IP of an established connection.
+    pub fn connection_ip(&self, connection: ConnectionId) -> Option<IpAddr> {
+        self.connections.get(&connection).and_then(|c| c.ip)
+    }
+
+    fn is_ai(capabilities: Capabilities) -> bool {
+        capabilities.contains(Capabilities::AI_COMPUTE)
     }
 
     fn ip_denied(&self, ip: IpAddr) -> bool {
@@ -445,6 +553,22 @@ impl ConnectionManager {
             .values()
             .filter(|s| s.direction == Direction::Inbound && !s.evicting && s.ip == Some(ip))
             .count()
+    }
+
+    /// Outbound peers that count towards the outbound target: those we asked for.
+    fn kept_outbound(&self) -> usize {
+        self.peers
+            .values()
+            .filter(|s| s.direction == Direction::Outbound && !s.evicting && s.requested)
+            .count()
+    }
+
+    /// Whether a new outbound connection to `peer` is one we asked for (a dial of ours, a
+    /// persistent peer, or a peer we already keep), so the adapter keeps it alive.
+    pub fn wants(&self, peer: &PeerId) -> bool {
+        self.dialing.contains_key(peer)
+            || self.persistent.contains(peer)
+            || self.peers.get(peer).is_some_and(|s| s.requested)
     }
 
     fn live_peers(&self, direction: Direction) -> usize {
@@ -481,15 +605,96 @@ impl ConnectionManager {
             return Ok(Vec::new());
         }
         self.check_pending_inbound(ip)?;
-        let total = self.live_peers(Direction::Inbound) + self.live_peers(Direction::Outbound);
-        if self.live_peers(Direction::Inbound) < self.inbound_slots && total < self.max_peers {
+        let inbound = self.live_peers(Direction::Inbound);
+        let total = inbound + self.live_peers(Direction::Outbound);
+        if inbound < self.inbound_slots && total < self.max_peers {
             return Ok(Vec::new());
         }
+        if inbound < self.inbound_slots + PROBATION_SLOTS
+            && total < self.max_peers + PROBATION_SLOTS
+        {
+            // On probation: nobody is evicted unless it stays (see `settle_inbound`).
+            return Ok(Vec::new());
+        }
+        let victim = self.pick_victim().ok_or(Refusal::Full)?;
+        if let Some(state) = self.peers.get_mut(&victim) {
+            state.evicting = true;
+        }
+        tracing::debug!(%victim, newcomer = %peer, "evicting inbound peer");
+        Ok(vec![Action::Disconnect {
+            peer: victim,
+            reason: DisconnectReason::Evicted,
+        }])
+    }
+
+    /// Evicts inbound peers while more are connected than the inbound slots and the youngest
+    /// of the excess has been connected for [`PROBATION_PERIOD`]: a connection that stays is a
+    /// peer, and the eviction algorithm decides who makes room.
+    fn settle_inbound(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        let mut inbound: Vec<Instant> = self
+            .peers
+            .values()
+            .filter(|s| s.direction == Direction::Inbound && !s.evicting)
+            .map(|s| s.connected_at)
+            .collect();
+        let over = inbound.len().saturating_sub(self.inbound_slots);
+        if over == 0 {
+            return;
+        }
+        inbound.sort_by(|a, b| b.cmp(a));
+        let settled = inbound
+            .iter()
+            .take(over)
+            .filter(|t| now.saturating_duration_since(**t) >= PROBATION_PERIOD)
+            .count();
+        for _ in 0..settled {
+            let Some(victim) = self.pick_victim() else {
+                break;
+            };
+            if let Some(state) = self.peers.get_mut(&victim) {
+                state.evicting = true;
+            }
+            tracing::debug!(%victim, "evicting inbound peer after probation");
+            actions.push(Action::Disconnect {
+                peer: victim,
+                reason: DisconnectReason::Evicted,
+            });
+        }
+    }
+
+    /// The inbound peer to evict (see [`select_eviction_victim`]), persistent peers and
+    /// AI-capable peers within the quota excepted.
+    fn pick_victim(&self) -> Option<PeerId> {
+        // AI-capable peers up to the quota (counting the outbound ones, which are never
+        // evicted) are protected, the longest connected first.
+        let ai_outbound = self
+            .peers
+            .values()
+            .filter(|s| {
+                s.direction == Direction::Outbound && !s.evicting && Self::is_ai(s.capabilities)
+            })
+            .count();
+        let mut ai_inbound: Vec<(&PeerId, &PeerState)> = self
+            .peers
+            .iter()
+            .filter(|(_, s)| {
+                s.direction == Direction::Inbound && !s.evicting && Self::is_ai(s.capabilities)
+            })
+            .collect();
+        ai_inbound.sort_by_key(|(p, s)| (s.connected_at, **p));
+        let ai_protected: HashSet<PeerId> = ai_inbound
+            .into_iter()
+            .take(self.ai_quota.saturating_sub(ai_outbound))
+            .map(|(p, _)| *p)
+            .collect();
         let candidates: Vec<EvictionCandidate> = self
             .peers
             .iter()
             .filter(|(p, s)| {
-                s.direction == Direction::Inbound && !s.evicting && !self.persistent.contains(p)
+                s.direction == Direction::Inbound
+                    && !s.evicting
+                    && !self.persistent.contains(p)
+                    && !ai_protected.contains(p)
             })
             .map(|(p, s)| EvictionCandidate {
                 peer: *p,
@@ -500,15 +705,7 @@ impl ConnectionManager {
                 last_useful: s.last_useful,
             })
             .collect();
-        let victim = select_eviction_victim(&candidates).ok_or(Refusal::Full)?;
-        if let Some(state) = self.peers.get_mut(&victim) {
-            state.evicting = true;
-        }
-        tracing::debug!(%victim, newcomer = %peer, "evicting inbound peer");
-        Ok(vec![Action::Disconnect {
-            peer: victim,
-            reason: DisconnectReason::Evicted,
-        }])
+        select_eviction_victim(&candidates)
     }
 
     /// Decides on an authenticated outbound connection: only the access lists apply, since we
@@ -564,13 +761,18 @@ impl ConnectionManager {
                 ip,
             },
         );
-        if direction == Direction::Outbound {
-            self.dialing.remove(&peer);
+        let requested = if direction == Direction::Outbound {
             self.book.record_connected(&peer, Some(remote), wall);
+            self.dialing.remove(&peer).is_some() || self.persistent.contains(&peer)
         } else {
             self.book.record_connected(&peer, None, wall);
-        }
+            false
+        };
         let score = self.scores.get(&peer).copied().unwrap_or_default();
+        let capabilities = self
+            .book
+            .get(&peer)
+            .map_or(Capabilities::NONE, |r| r.capabilities);
         let Some(existing) = self.peers.get_mut(&peer) else {
             self.peers.insert(
                 peer,
@@ -583,6 +785,8 @@ impl ConnectionManager {
                     last_useful: None,
                     score,
                     evicting: false,
+                    capabilities,
+                    requested,
                 },
             );
             if direction == Direction::Outbound {
@@ -600,6 +804,8 @@ impl ConnectionManager {
         };
         let keep_new =
             existing.direction != direction && dialer_of(direction) < dialer_of(existing.direction);
+        let adopted = requested && !existing.requested;
+        existing.requested |= requested;
         let close = if keep_new {
             let old = existing.primary;
             existing.primary = connection;
@@ -609,14 +815,22 @@ impl ConnectionManager {
         } else {
             connection
         };
-        vec![Action::CloseConnection {
+        let mut actions = vec![Action::CloseConnection {
             peer,
             connection: close,
-        }]
+        }];
+        if adopted && !keep_new {
+            // The connection we keep was not ours until now: keep it alive.
+            actions.push(Action::Keep {
+                peer,
+                connection: existing.primary,
+            });
+        }
+        actions
     }
 
-    /// Forgets a closed connection. A primary outbound connection that lived less than
-    /// [`SHORT_LIVED_CONNECTION`] counts as a failed dial.
+    /// Forgets a closed connection. A primary outbound connection we asked for that lived less
+    /// than [`SHORT_LIVED_CONNECTION`] counts as a failed dial.
     pub fn on_closed(&mut self, connection: ConnectionId, now: Instant) {
         let Some(conn) = self.connections.remove(&connection) else {
             return;
@@ -628,6 +842,7 @@ impl ConnectionManager {
             return;
         }
         if state.direction == Direction::Outbound
+            && state.requested
             && now.saturating_duration_since(state.connected_at) < SHORT_LIVED_CONNECTION
         {
             self.book
@@ -744,10 +959,22 @@ impl ConnectionManager {
                 latency: s.latency,
                 score: s.score,
                 persistent: self.persistent.contains(p),
+                capabilities: s.capabilities,
             })
             .collect();
         out.sort_by_key(|i| i.peer);
         out
+    }
+
+    /// Whether the last [`ConnectionManager::poll`] found fewer dial candidates in the book than
+    /// it wanted (discovery should look for more).
+    pub fn short_of_candidates(&self) -> bool {
+        self.short_of_candidates
+    }
+
+    /// Whether the node has fewer outbound peers than its target.
+    pub fn below_target(&self) -> bool {
+        self.kept_outbound() < self.min_outbound
     }
 
     /// Number of connected peers with the given direction.
@@ -758,9 +985,12 @@ impl ConnectionManager {
             .count()
     }
 
-    /// The dials to start now: persistent peers that are down, then, while below the outbound
-    /// target, the best candidates of the address book (anchors first, then fewest failures,
-    /// most recently seen, IP groups we have no outbound peer in).
+    /// The dials to start now: persistent peers that are down; then, while below the outbound
+    /// target, the best candidates of the address book (anchors first, then the bootstrap nodes
+    /// while we have no peer at all, then fewest failures, most recently seen, IP groups we
+    /// have no outbound peer in); and, while below the AI quota, AI-capable candidates first,
+    /// even at the outbound target. Also closes surplus outbound connections (see the module
+    /// documentation) and asks for addresses or a capability lookup when candidates are short.
     pub fn poll(&mut self, now: Instant) -> Vec<Action> {
         self.dialing
             .retain(|_, started| now.saturating_duration_since(*started) < DIAL_TIMEOUT);
@@ -782,16 +1012,36 @@ impl ConnectionManager {
                 actions.push(Action::Dial { peer, addrs });
             }
         }
+        self.adopt(&mut actions);
+        self.settle_inbound(now, &mut actions);
 
-        let outbound = self.live_peers(Direction::Outbound);
-        let total = outbound + self.live_peers(Direction::Inbound);
+        let outbound = self.kept_outbound();
+        let total = self.live_peers(Direction::Outbound) + self.live_peers(Direction::Inbound);
         let in_flight = self.dialing.len();
+        let room = MAX_CONCURRENT_DIALS
+            .saturating_sub(in_flight)
+            .min(self.max_peers.saturating_sub(total + in_flight));
         let want = self
             .min_outbound
             .saturating_sub(outbound + in_flight)
-            .min(MAX_CONCURRENT_DIALS.saturating_sub(in_flight))
-            .min(self.max_peers.saturating_sub(total + in_flight));
-        if want == 0 {
+            .min(room);
+        let ai_connected = self.kept_ai();
+        let ai_dialing = self
+            .dialing
+            .keys()
+            .filter(|p| {
+                self.book
+                    .get(p)
+                    .is_some_and(|r| Self::is_ai(r.capabilities))
+            })
+            .count();
+        let want_ai = self
+            .ai_quota
+            .saturating_sub(ai_connected + ai_dialing)
+            .min(self.outbound_reserve.saturating_sub(outbound + in_flight))
+            .min(room);
+        if want == 0 && want_ai == 0 {
+            self.short_of_candidates = false;
             return actions;
         }
         let used_groups: HashSet<IpGroup> = self
@@ -800,9 +1050,11 @@ impl ConnectionManager {
             .filter(|s| s.direction == Direction::Outbound)
             .filter_map(|s| s.ip.map(IpGroup::of))
             .collect();
-        // Sort key: not an anchor, IP group already used, failures, least recently seen, peer id.
-        type DialKey = (bool, bool, u32, Reverse<Option<UnixTime>>, PeerId);
-        let mut candidates: Vec<(DialKey, Vec<Multiaddr>)> = self
+        let isolated = self.peers.is_empty();
+        // Sort key: not an anchor, not a bootstrap node while isolated, IP group already used,
+        // failures, least recently seen, peer id.
+        type DialKey = (bool, bool, bool, u32, Reverse<Option<UnixTime>>, PeerId);
+        let mut candidates: Vec<(DialKey, bool, Vec<Multiaddr>)> = self
             .book
             .records()
             .filter(|r| {
@@ -820,19 +1072,55 @@ impl ConnectionManager {
                     .collect();
                 let group = addrs.iter().find_map(ip_of).map(IpGroup::of);
                 let group_used = group.is_some_and(|g| used_groups.contains(&g));
+                let bootstrap_first = isolated && r.source == AddrSource::Bootstrap;
                 (!addrs.is_empty()).then_some((
                     (
                         !r.anchor,
+                        !bootstrap_first,
                         group_used,
                         r.failures.0,
                         Reverse(r.last_seen),
                         r.peer,
                     ),
+                    Self::is_ai(r.capabilities),
                     addrs,
                 ))
             })
             .collect();
-        candidates.sort_by_key(|(key, _)| *key);
+        candidates.sort_by_key(|(key, ..)| *key);
+
+        let mut dials: Vec<(PeerId, Vec<Multiaddr>)> = Vec::new();
+        if want_ai > 0 {
+            let mut ai = Vec::new();
+            candidates.retain_mut(|(key, is_ai, addrs)| {
+                if *is_ai && ai.len() < want_ai {
+                    ai.push((key.5, std::mem::take(addrs)));
+                    false
+                } else {
+                    true
+                }
+            });
+            // Look up more only when the book knows too few, not when the ones it knows are
+            // backing off: a lookup would only find them again.
+            let known_ai = self
+                .book
+                .records()
+                .filter(|r| Self::is_ai(r.capabilities) && !self.peers.contains_key(&r.peer))
+                .count();
+            let lookup_due = self.next_capability_lookup.is_none_or(|t| now >= t);
+            if known_ai < want_ai && lookup_due {
+                self.next_capability_lookup = Some(now + self.capability_lookup_delay);
+                self.capability_lookup_delay =
+                    (self.capability_lookup_delay * 2).min(CAPABILITY_LOOKUP_INTERVAL);
+                actions.push(Action::FindCapable {
+                    capabilities: Capabilities::AI_COMPUTE,
+                });
+            }
+            dials.extend(ai);
+        }
+        // AI-capable peers count towards the outbound target too.
+        let want = want.saturating_sub(dials.len());
+        self.short_of_candidates = candidates.len() < want;
         if candidates.len() < want {
             let mut ask: Vec<PeerId> = self
                 .peers
@@ -851,11 +1139,72 @@ impl ConnectionManager {
                 actions.push(Action::RequestAddrs { peer });
             }
         }
-        for ((.., peer), addrs) in candidates.into_iter().take(want) {
+        dials.extend(
+            candidates
+                .into_iter()
+                .take(want)
+                .map(|((.., peer), _, addrs)| (peer, addrs)),
+        );
+        for (peer, addrs) in dials {
             self.dialing.insert(peer, now);
             actions.push(Action::Dial { peer, addrs });
         }
         actions
+    }
+
+    /// Kept AI-capable peers: inbound ones and outbound ones we asked for. Whoever dialled
+    /// counts: a duplicate connection keeps only one direction, so two nodes that both want each
+    /// other would never both see it outbound.
+    fn kept_ai(&self) -> usize {
+        self.peers
+            .values()
+            .filter(|s| {
+                !s.evicting
+                    && Self::is_ai(s.capabilities)
+                    && (s.direction == Direction::Inbound || s.requested)
+            })
+            .count()
+    }
+
+    /// Adopts outbound connections we did not ask for (a DHT lookup dialled them) while below
+    /// the AI quota or the outbound target: a live connection is a better candidate than any
+    /// address in the book. AI-capable peers first (up to the outbound reserve), then the
+    /// longest connected.
+    fn adopt(&mut self, actions: &mut Vec<Action>) {
+        let in_flight = self.dialing.len();
+        let kept = self.kept_outbound();
+        let mut need = self.min_outbound.saturating_sub(kept + in_flight);
+        let mut room = self.outbound_reserve.saturating_sub(kept + in_flight);
+        let mut ai_need = self.ai_quota.saturating_sub(self.kept_ai());
+        if (need == 0 && ai_need == 0) || room == 0 {
+            return;
+        }
+        let mut candidates: Vec<(bool, Instant, PeerId)> = self
+            .peers
+            .iter()
+            .filter(|(_, s)| s.direction == Direction::Outbound && !s.requested && !s.evicting)
+            .map(|(p, s)| (!Self::is_ai(s.capabilities), s.connected_at, *p))
+            .collect();
+        candidates.sort();
+        for (not_ai, _, peer) in candidates {
+            let for_ai = !not_ai && ai_need > 0;
+            if room == 0 || (!for_ai && need == 0) {
+                break;
+            }
+            if for_ai {
+                ai_need -= 1;
+            }
+            need = need.saturating_sub(1);
+            room -= 1;
+            if let Some(state) = self.peers.get_mut(&peer) {
+                state.requested = true;
+                tracing::debug!(%peer, "adopting a connection a DHT lookup opened");
+                actions.push(Action::Keep {
+                    peer,
+                    connection: state.primary,
+                });
+            }
+        }
     }
 
     /// Forgets a peer's addresses (it belongs to another network, or lied about itself).
@@ -902,6 +1251,8 @@ mod tests {
         cfg.max_inbound_per_ip = 100;
         cfg.allow_local_addresses = true;
         cfg.rng_seed = Some(42);
+        // Tests of the AI quota set it themselves.
+        cfg.ai_peer_slots = 0;
         cfg.backoff = BackoffConfig {
             initial: Duration::from_secs(1),
             max: Duration::from_secs(60),
@@ -961,6 +1312,31 @@ mod tests {
             self.mgr
                 .on_established(c, peer, Direction::Outbound, &addr, now, UnixTime(1));
             peer
+        }
+
+        /// Lets probation run out and carries out the evictions it causes, until none is left.
+        fn settle(&mut self) {
+            loop {
+                let now = self.clock.advance(PROBATION_PERIOD);
+                let evicted: Vec<PeerId> = self
+                    .mgr
+                    .poll(now)
+                    .into_iter()
+                    .filter_map(|a| match a {
+                        Action::Disconnect {
+                            peer,
+                            reason: DisconnectReason::Evicted,
+                        } => Some(peer),
+                        _ => None,
+                    })
+                    .collect();
+                if evicted.is_empty() {
+                    return;
+                }
+                for peer in evicted {
+                    self.close_peer(peer);
+                }
+            }
         }
 
         fn close_peer(&mut self, peer: PeerId) {
@@ -1091,6 +1467,7 @@ mod tests {
         for i in 0..20 {
             let _ = h.inbound(ip_addr(10, 66, 0, i));
         }
+        h.settle();
         assert!(h.mgr.is_connected(&out1) && h.mgr.is_connected(&out2));
         assert_eq!(h.mgr.count(Direction::Inbound), 2);
     }
@@ -1112,6 +1489,11 @@ mod tests {
                 evicted_attackers += actions.len();
             }
         }
+        assert!(
+            h.mgr.count(Direction::Inbound) <= 20 + PROBATION_SLOTS,
+            "probation is bounded"
+        );
+        h.settle();
         for p in &honest {
             assert!(h.mgr.is_connected(p), "honest peer {p} was evicted");
         }
@@ -1254,6 +1636,7 @@ mod tests {
         let dead = PeerId::random();
         let now = Instant::now();
         let c = ConnectionId::new_unchecked(1);
+        mgr.on_dial_started(dead, now);
         let first = mgr.on_established(
             c,
             dead,
@@ -1331,6 +1714,219 @@ mod tests {
     }
 
     #[test]
+    fn ai_quota_dials_ai_capable_peers_even_at_target_and_looks_them_up() {
+        let mut cfg = config(1, 10, 3);
+        cfg.ai_peer_slots = 2;
+        let mut book = AddressBook::new();
+        let plain = PeerId::random();
+        let ai = PeerId::random();
+        book.add(plain, [ip_addr(10, 1, 0, 1)], AddrSource::PeerExchange);
+        book.add(ai, [ip_addr(10, 2, 0, 1)], AddrSource::Dht);
+        book.set_capabilities(&ai, Capabilities::AI_COMPUTE);
+        let mut mgr = ConnectionManager::new(PeerId::random(), &cfg, book);
+        let mut clock = Clock(Instant::now());
+        let find = Action::FindCapable {
+            capabilities: Capabilities::AI_COMPUTE,
+        };
+        let actions = mgr.poll(clock.0);
+        assert!(
+            actions.contains(&find),
+            "one AI candidate for two slots: look up more"
+        );
+        let dialled: Vec<PeerId> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Dial { peer, .. } => Some(*peer),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            dialled,
+            vec![ai],
+            "the AI peer also fills the outbound target"
+        );
+        let c = ConnectionId::new_unchecked(1);
+        mgr.on_established(
+            c,
+            ai,
+            Direction::Outbound,
+            &ip_addr(10, 2, 0, 1),
+            clock.0,
+            UnixTime(1),
+        );
+        // At the outbound target, one AI slot open, no candidate, lookup not due yet.
+        assert!(mgr.poll(clock.advance(Duration::from_secs(1))).is_empty());
+        // A lookup found another AI-capable peer: dialled although the target is met.
+        let ai2 = PeerId::random();
+        mgr.add_addresses(ai2, vec![ip_addr(10, 3, 0, 1)], AddrSource::Dht);
+        mgr.note_capabilities(ai2, Capabilities::AI_COMPUTE);
+        assert!(matches!(
+            mgr.poll(clock.advance(Duration::from_secs(1))).as_slice(),
+            [Action::Dial { peer, .. }] if *peer == ai2
+        ));
+        mgr.on_dial_failure(ai2, &[], clock.0);
+        mgr.forget(&ai2);
+        // With nobody left to dial, lookups back off: 2 s after the first, then 4 s.
+        assert_eq!(
+            mgr.poll(clock.advance(CAPABILITY_LOOKUP_MIN_INTERVAL)),
+            vec![find.clone()]
+        );
+        assert!(
+            mgr.poll(clock.advance(CAPABILITY_LOOKUP_MIN_INTERVAL))
+                .is_empty()
+        );
+        assert_eq!(
+            mgr.poll(clock.advance(CAPABILITY_LOOKUP_MIN_INTERVAL)),
+            vec![find]
+        );
+    }
+
+    /// Inbound slots for four; two non-AI peers, then two AI-capable ones (the youngest, so
+    /// the first to go without protection), all in one IP group.
+    fn full_with_ai_peers(ai_peer_slots: usize) -> (Harness, Vec<PeerId>) {
+        let mut cfg = config(0, 6, 2);
+        cfg.ai_peer_slots = ai_peer_slots;
+        let mut h = Harness::new(&cfg);
+        for i in 0..2 {
+            assert!(h.inbound(ip_addr(10, 7, 0, i)).1.is_ok());
+        }
+        let mut ai = Vec::new();
+        for i in 2..4 {
+            let (peer, verdict) = h.inbound(ip_addr(10, 7, 0, i));
+            assert!(verdict.is_ok());
+            h.mgr.on_identified(peer, Capabilities::AI_COMPUTE);
+            ai.push(peer);
+        }
+        (h, ai)
+    }
+
+    #[test]
+    fn eviction_protects_ai_capable_peers_up_to_the_quota() {
+        // Without the quota the youngest AI peer is the one to go; with it, someone else.
+        let (h, ai) = full_with_ai_peers(0);
+        assert_eq!(h.mgr.pick_victim(), Some(ai[1]));
+        let (mut h, ai) = full_with_ai_peers(2);
+        let victim = h.mgr.pick_victim().expect("someone unprotected");
+        assert!(!ai.contains(&victim));
+        // A flood from the same group, settled, leaves them connected.
+        for i in 10..40 {
+            let _ = h.inbound(ip_addr(10, 7, 0, i));
+        }
+        h.settle();
+        for p in &ai {
+            assert!(h.mgr.is_connected(p), "AI peer {p} was evicted");
+        }
+        assert_eq!(h.mgr.count(Direction::Inbound), 4);
+        let info = h.mgr.peers();
+        assert!(
+            info.iter()
+                .filter(|i| ai.contains(&i.peer))
+                .all(|i| i.capabilities == Capabilities::AI_COMPUTE)
+        );
+    }
+
+    #[test]
+    fn inbound_beyond_the_slots_waits_on_probation_before_anyone_is_evicted() {
+        let cfg = config(0, 4, 0);
+        let mut h = Harness::new(&cfg);
+        let settled: Vec<PeerId> = (0..4).map(|i| h.inbound(ip_addr(10, i, 0, 1)).0).collect();
+        // A lookup's connection: accepted without evicting anyone, gone within probation.
+        let (lookup, verdict) = h.inbound(ip_addr(10, 9, 0, 1));
+        assert_eq!(verdict, Ok(Vec::new()), "nobody evicted for it");
+        let almost = h.clock.advance(PROBATION_PERIOD - Duration::from_secs(2));
+        assert!(h.mgr.poll(almost).is_empty());
+        h.close_peer(lookup);
+        h.settle();
+        assert!(settled.iter().all(|p| h.mgr.is_connected(p)));
+        // One that stays: after probation someone makes room.
+        assert!(h.inbound(ip_addr(10, 9, 0, 2)).1.is_ok());
+        assert_eq!(h.mgr.count(Direction::Inbound), 5);
+        h.settle();
+        assert_eq!(h.mgr.count(Direction::Inbound), 4);
+    }
+
+    #[test]
+    fn connections_a_lookup_opened_are_adopted_below_target_ai_first() {
+        let mut cfg = config(2, 20, 3);
+        cfg.ai_peer_slots = 1;
+        let mut h = Harness::new(&cfg);
+        // One peer we dialled ourselves.
+        let ours = PeerId::random();
+        h.mgr.on_dial_started(ours, h.clock.0);
+        assert!(h.mgr.wants(&ours), "a dial of ours is kept alive");
+        let c = h.conn();
+        let now = h.clock.advance(Duration::from_secs(1));
+        h.mgr.on_established(
+            c,
+            ours,
+            Direction::Outbound,
+            &ip_addr(10, 1, 0, 1),
+            now,
+            UnixTime(1),
+        );
+        // Three that a DHT lookup dialled, one of them AI-capable.
+        let lookup: Vec<PeerId> = (5..8).map(|i| h.outbound(ip_addr(10, i, 0, 1))).collect();
+        h.mgr.on_identified(lookup[0], Capabilities::AI_COMPUTE);
+        assert!(
+            lookup.iter().all(|p| !h.mgr.wants(p)),
+            "idle ones may close"
+        );
+        assert!(h.mgr.below_target(), "only our own dials count");
+        // One short of the target and of the AI quota: the AI peer is adopted, which meets
+        // both, and nothing new is dialled.
+        let actions = h.mgr.poll(h.clock.0);
+        assert_eq!(
+            actions,
+            vec![Action::Keep {
+                peer: lookup[0],
+                connection: ConnectionId::new_unchecked(h.next_conn - 2),
+            }]
+        );
+        assert!(h.mgr.wants(&lookup[0]) && !h.mgr.wants(&lookup[1]));
+        assert!(!h.mgr.below_target());
+        // A lookup's connection closing soon is not the peer's failure.
+        h.mgr
+            .add_addresses(lookup[1], vec![ip_addr(10, 6, 0, 1)], AddrSource::Dht);
+        h.close_peer(lookup[1]);
+        assert_eq!(h.mgr.book().get(&lookup[1]).expect("known").failures.0, 0);
+    }
+
+    #[test]
+    fn bootstrap_nodes_come_first_while_isolated() {
+        let mut cfg = config(1, 10, 2);
+        let boot = PeerId::random();
+        cfg.bootstrap.push(
+            format!("/dns4/boot.example.org/udp/1/quic-v1/p2p/{boot}")
+                .parse()
+                .expect("addr"),
+        );
+        let mut book = AddressBook::new();
+        for i in 0..5 {
+            let p = PeerId::random();
+            let a = ip_addr(10, i, 0, 1);
+            book.add(p, [a.clone()], AddrSource::PeerExchange);
+            book.record_connected(&p, Some(&a), UnixTime(100));
+        }
+        let mut mgr = ConnectionManager::new(PeerId::random(), &cfg, book);
+        let now = Instant::now();
+        assert!(matches!(
+            mgr.poll(now).as_slice(),
+            [Action::Dial { peer, addrs }] if *peer == boot && addrs[0].to_string().starts_with("/dns4/")
+        ));
+        // It failed: during its backoff another candidate is tried...
+        mgr.on_dial_failure(boot, &[], now);
+        let t = now + Duration::from_millis(500);
+        let other = match mgr.poll(t).as_slice() {
+            [Action::Dial { peer, .. }] if *peer != boot => *peer,
+            other => panic!("expected one dial of another peer, got {other:?}"),
+        };
+        mgr.on_dial_failure(other, &[], t);
+        // ...and once the backoff is over it comes first again while the node is isolated.
+        let t = now + Duration::from_secs(1);
+        assert!(matches!(mgr.poll(t).as_slice(), [Action::Dial { peer, .. }] if *peer == boot));
+    }
+
+    #[test]
     fn local_addresses_from_peers_are_dropped_unless_allowed() {
         let mut cfg = config(1, 10, 2);
         cfg.allow_local_addresses = false;
@@ -1348,5 +1944,13 @@ mod tests {
             AddrSource::Manual,
         );
         assert!(mgr.book().get(&p).is_some());
+        // mDNS announcements are local by nature.
+        let q = PeerId::random();
+        mgr.add_addresses(
+            q,
+            vec!["/ip4/192.168.1.7/udp/1/quic-v1".parse().expect("addr")],
+            AddrSource::Mdns,
+        );
+        assert!(mgr.book().get(&q).is_some());
     }
 }

@@ -12,25 +12,42 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use libp2p::core::transport::ListenerId;
 use libp2p::identity::Keypair;
+use libp2p::kad::store::RecordStore;
+use libp2p::kad::{self, QueryId, QueryResult, RecordKey};
 use libp2p::metrics::{Recorder, Registry};
+use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, DialError, ListenError, SwarmEvent};
 use libp2p::{
-    Multiaddr, PeerId, Swarm, SwarmBuilder, connection_limits, identify, memory_connection_limits,
-    ping, request_response,
+    Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder, connection_limits, identify, mdns,
+    memory_connection_limits, ping, request_response,
 };
+use playergold_protocol::Capabilities;
+use playergold_protocol::rate::RateLimiter;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::addrbook::{AddrBookError, AddrSource, AddressBook, AddressBookStore, split_peer_id};
-use crate::behaviour::{Gatekeeper, NodeBehaviour, NodeBehaviourEvent};
-use crate::config::{ConfigError, NetworkConfig};
+use crate::addrbook::{
+    AddrBookError, AddrSource, AddressBook, AddressBookStore, MAX_ADDRS_PER_PEER, ip_of,
+    split_peer_id,
+};
+use crate::behaviour::{GateEvent, Gatekeeper, NodeBehaviour, NodeBehaviourEvent};
+use crate::config::{ConfigError, DEFAULT_ADDR_RESPONSE_INTERVAL, NetworkConfig};
+use crate::discovery::{
+    ANNOUNCED_CAPABILITIES, CapablePeer, DhtStatus, DiscoveryAction, DiscoveryScheduler,
+    FIND_PEERS_TIMEOUT, MAX_CAPABLE_PEERS, MAX_PENDING_LOOKUPS, MAX_PROVIDER_RESOLVES,
+    MDNS_QUERY_INTERVAL, MDNS_TTL, ROUTING_TABLE_RESYNC_INTERVAL, agent_version, build_kad,
+    capabilities_from_agent, capability_key, kad_protocol, offer_to_table, table_entries,
+    table_len,
+};
+use crate::diversity::DiversityFilter;
 use crate::metrics::NetworkMetrics;
 use crate::peer_exchange::{
-    AddrCodec, AddrRequest, AddrResponse, MAX_PEERS_PER_RESPONSE, peer_exchange_protocol,
+    AddrCodec, AddrRequest, AddrResponse, MAX_ADDRS_PER_RESPONSE, MAX_PEERS_PER_RESPONSE,
+    peer_exchange_protocol,
 };
 use crate::policy::{ConnectionManager, Direction, PeerInfo, Score};
-use crate::protocol::identify_protocol_version;
+use crate::protocol::{NetworkName, identify_protocol_version};
 
 /// Commands waiting for the network task. Callers are local subsystems that await each reply,
 /// so 64 in flight is far above normal use; a full channel makes callers wait (backpressure).
@@ -61,22 +78,28 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// connection manager closes the same one at both ends (see `ConnectionManager::on_established`).
 pub const MAX_CONNECTIONS_PER_PEER: u32 = 2;
 
-/// Established connections allowed above `max_peers`: duplicates and evicted peers take a moment
-/// to close, and the manager, not libp2p, must decide who goes.
+/// Established connections allowed above `max_peers` and the probation slots
+/// (`policy::PROBATION_SLOTS`): duplicates and evicted peers take a moment to close, and the
+/// manager, not libp2p, must decide who goes.
 pub const CONNECTION_HEADROOM: u32 = 8;
 
-/// Least time between two address responses to the same peer; a peer asking more often gets an
-/// empty answer. Honest peers ask at most once per `addr_request_interval` (a minute by
-/// default), so half a second only ever stops a peer that spams requests to make us work.
-pub const MIN_ADDR_RESPONSE_INTERVAL: Duration = Duration::from_millis(500);
+/// Default refill interval of the per-peer peer-exchange token bucket; the value lives in
+/// `NetworkConfig::addr_response_interval` (see [`DEFAULT_ADDR_RESPONSE_INTERVAL`]). A peer
+/// whose bucket is empty gets an empty answer.
+pub const MIN_ADDR_RESPONSE_INTERVAL: Duration = DEFAULT_ADDR_RESPONSE_INTERVAL;
+
+/// Extra time a caller of a DHT lookup waits beyond [`FIND_PEERS_TIMEOUT`] for the network
+/// task to answer with what it found by then.
+pub const LOOKUP_REPLY_SLACK: Duration = Duration::from_secs(5);
 
 /// Concurrent peer-exchange streams per connection: we send one request per peer at a time, and
 /// an honest peer does the same.
 pub const MAX_ADDR_STREAMS: usize = 2;
 
-/// Time a connection may stay open without streams. Connections are closed by the connection
-/// manager and by heartbeats, never for idleness.
-const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(u64::MAX);
+/// Time a connection may stay open without streams once no handler wants it. The connection
+/// manager's handler keeps every connection it wants alive (inbound peers, our own dials), so
+/// this only closes the connections a DHT lookup opened, once the lookup is done with them.
+const IDLE_CONNECTION_TIMEOUT: Duration = crate::policy::DISCOVERY_CONNECTION_GRACE;
 
 /// Errors of the network service.
 #[derive(Debug, thiserror::Error)]
@@ -119,6 +142,21 @@ pub enum NetworkError {
     /// The network task has stopped.
     #[error("the network service has stopped")]
     Stopped,
+    /// mDNS could not start.
+    #[error("cannot start mDNS: {0}; turn it off with --no-mdns (NetworkConfig::mdns)")]
+    Mdns(String),
+    /// The DHT is turned off, so the lookup cannot run.
+    #[error("the DHT is disabled (--no-dht); enable it to look peers up")]
+    DhtDisabled,
+    /// Too many DHT lookups are in flight.
+    #[error("too many DHT lookups in flight ({MAX_PENDING_LOOKUPS}); retry shortly")]
+    Busy,
+    /// Not exactly one known capability was asked for.
+    #[error("look up one capability at a time (ai-compute, validator or archive), not {0:?}")]
+    InvalidCapability(Capabilities),
+    /// A DHT lookup did not answer in time.
+    #[error("the DHT lookup timed out")]
+    LookupTimeout,
 }
 
 /// Something that happened on the network.
@@ -148,6 +186,16 @@ pub enum NetworkEvent {
     },
     /// Now listening on an address.
     Listening(Multiaddr),
+    /// A connected peer identified itself (after connecting, and again whenever it pushes an
+    /// update): what it offers.
+    PeerIdentified {
+        /// The peer.
+        peer: PeerId,
+        /// Its capabilities (none for a peer that declares none or runs other software).
+        capabilities: Capabilities,
+        /// Its software, as it claims.
+        agent_version: String,
+    },
 }
 
 enum Command {
@@ -174,6 +222,17 @@ enum Command {
     },
     MarkUseful {
         peer: PeerId,
+    },
+    FindPeersWith {
+        capability: Capabilities,
+        reply: FindReply,
+    },
+    ClosestPeers {
+        target: PeerId,
+        reply: ClosestReply,
+    },
+    DhtStatus {
+        reply: oneshot::Sender<DhtStatus>,
     },
     Shutdown {
         reply: oneshot::Sender<()>,
@@ -271,6 +330,36 @@ impl NetworkHandle {
             .map_err(|_| NetworkError::Stopped)
     }
 
+    /// Peers offering `capability` (exactly one of ai-compute, validator, archive): the
+    /// connected peers that declared it, plus, when the DHT runs, the providers of its DHT key
+    /// (ai-compute and archive are announced there). At most [`MAX_CAPABLE_PEERS`]; returns
+    /// what it found after at most [`FIND_PEERS_TIMEOUT`]. Never includes this node.
+    pub async fn find_peers_with(
+        &self,
+        capability: Capabilities,
+    ) -> Result<Vec<CapablePeer>, NetworkError> {
+        let fut = self.request(|reply| Command::FindPeersWith { capability, reply });
+        match tokio::time::timeout(FIND_PEERS_TIMEOUT + LOOKUP_REPLY_SLACK, fut).await {
+            Ok(result) => result?,
+            Err(_) => Err(NetworkError::LookupTimeout),
+        }
+    }
+
+    /// The peers closest to `target` in the DHT (a Kademlia `FIND_NODE` lookup, at most `k` =
+    /// 20 peers, at most [`FIND_PEERS_TIMEOUT`]). The peers found also go to the address book.
+    pub async fn closest_peers(&self, target: PeerId) -> Result<Vec<PeerId>, NetworkError> {
+        let fut = self.request(|reply| Command::ClosestPeers { target, reply });
+        match tokio::time::timeout(FIND_PEERS_TIMEOUT + LOOKUP_REPLY_SLACK, fut).await {
+            Ok(result) => result?,
+            Err(_) => Err(NetworkError::LookupTimeout),
+        }
+    }
+
+    /// Whether the DHT runs, in which mode, and the size of its routing table.
+    pub async fn dht_status(&self) -> Result<DhtStatus, NetworkError> {
+        self.request(|reply| Command::DhtStatus { reply }).await
+    }
+
     /// A control to accept and open raw streams of the protocols built on this network (relay,
     /// sync). Each protocol should `accept` its id once and keep its own clone of the control
     /// for opening (a control opens one stream at a time). `open_stream` dials a peer that is not
@@ -299,7 +388,7 @@ fn build_swarm(
 ) -> Result<Swarm<NodeBehaviour>, NetworkError> {
     let tcp = libp2p::tcp::Config::default().nodelay(true);
     let addr_protocol = peer_exchange_protocol(&config.network).map_err(ConfigError::from)?;
-    let max_total = u32::try_from(config.max_peers)
+    let max_total = u32::try_from(config.max_peers + crate::policy::PROBATION_SLOTS)
         .unwrap_or(u32::MAX)
         .saturating_add(CONNECTION_HEADROOM);
     let limits = connection_limits::ConnectionLimits::default()
@@ -312,10 +401,29 @@ fn build_swarm(
         .with_timeout(config.heartbeat_timeout);
     let identify_cfg =
         identify::Config::new(identify_protocol_version(&config.network), keypair.public())
-            .with_agent_version(format!("playergold/{}", env!("CARGO_PKG_VERSION")))
+            .with_agent_version(agent_version(config.capabilities))
             // We keep addresses in our own book; identify's cache would duplicate it.
             .with_cache_size(0);
     let memory_fraction = f64::from(config.max_memory_percent) / 100.0;
+    let local = keypair.public().to_peer_id();
+    let kad = if config.dht {
+        Some(build_kad(&config.network, local, config.dht_mode).map_err(ConfigError::from)?)
+    } else {
+        None
+    };
+    let mdns = if config.mdns {
+        let cfg = mdns::Config {
+            ttl: MDNS_TTL,
+            query_interval: MDNS_QUERY_INTERVAL,
+            enable_ipv6: false,
+        };
+        Some(
+            mdns::tokio::Behaviour::new(cfg, local)
+                .map_err(|e| NetworkError::Mdns(e.to_string()))?,
+        )
+    } else {
+        None
+    };
     let behaviour = |_: &Keypair| NodeBehaviour {
         limits: connection_limits::Behaviour::new(limits),
         memory: memory_connection_limits::Behaviour::with_max_percentage(memory_fraction),
@@ -328,6 +436,8 @@ fn build_swarm(
             request_response::Config::default().with_max_concurrent_streams(MAX_ADDR_STREAMS),
         ),
         streams: libp2p_stream::Behaviour::new(),
+        kad: Toggle::from(kad),
+        mdns: Toggle::from(mdns),
     };
     let swarm_config =
         |c: libp2p::swarm::Config| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT);
@@ -409,6 +519,10 @@ async fn start_inner(
         None => (NetworkMetrics::default(), None),
     };
     let mut swarm = build_swarm(&config, keypair, manager, metrics.clone(), registry)?;
+    for addr in &config.external_addrs {
+        // Declared by the operator: announced in identify, and it makes an `Auto` DHT a server.
+        swarm.add_external_address(addr.clone());
+    }
 
     let (events, _) = broadcast::channel(EVENT_CHANNEL_CAPACITY);
     let mut listeners: HashMap<ListenerId, Multiaddr> = HashMap::new();
@@ -480,17 +594,74 @@ async fn start_inner(
         store,
         listen_addrs,
         pending_connects: HashMap::new(),
-        last_addr_response: HashMap::new(),
+        addr_limiter: RateLimiter::new(
+            1.0 / config.addr_response_interval.as_secs_f64(),
+            f64::from(config.addr_response_burst),
+        ),
         metrics: metrics.clone(),
         libp2p_metrics,
         allow_local_addresses: config.allow_local_addresses,
         identify_version: identify_protocol_version(&config.network),
+        kad_protocol: kad_protocol(&config.network).map_err(ConfigError::from)?,
+        capability_keys: capability_keys(&config.network),
+        announce: ANNOUNCED_CAPABILITIES
+            .iter()
+            .filter(|c| config.capabilities.contains(**c))
+            .filter_map(|c| capability_key(&config.network, *c))
+            .collect(),
+        scheduler: DiscoveryScheduler::new(
+            Instant::now(),
+            ANNOUNCED_CAPABILITIES
+                .iter()
+                .any(|c| config.capabilities.contains(*c)),
+        ),
+        diversity: DiversityFilter::new(local_peer_id, config.allow_local_addresses),
+        last_resync: Instant::now(),
+        lookups: HashMap::new(),
+        deferred_quota_lookup: None,
+        network: config.network.clone(),
     };
     let task = tokio::spawn(service.run());
     Ok((handle, task, metrics))
 }
 
 type ConnectReply = oneshot::Sender<Result<PeerId, NetworkError>>;
+type FindReply = oneshot::Sender<Result<Vec<CapablePeer>, NetworkError>>;
+type ClosestReply = oneshot::Sender<Result<Vec<PeerId>, NetworkError>>;
+
+/// The DHT key of every capability that may be announced, to accept provider records for them
+/// (and nothing else) and to map lookups back to capabilities.
+fn capability_keys(network: &NetworkName) -> HashMap<RecordKey, Capabilities> {
+    ANNOUNCED_CAPABILITIES
+        .iter()
+        .filter_map(|c| capability_key(network, *c).map(|k| (k, *c)))
+        .collect()
+}
+
+/// A DHT lookup in flight, by what it is for.
+enum Lookup {
+    /// [`NetworkHandle::find_peers_with`]: providers found so far.
+    Find {
+        capability: Capabilities,
+        found: Vec<PeerId>,
+        reply: FindReply,
+        deadline: Instant,
+    },
+    /// [`NetworkHandle::closest_peers`].
+    Closest {
+        reply: ClosestReply,
+        deadline: Instant,
+    },
+    /// The connection manager wants AI-capable peers for its quota.
+    Quota { capability: Capabilities },
+    /// Finding the addresses of a provider we found but cannot dial.
+    Resolve {
+        peer: PeerId,
+        capability: Capabilities,
+    },
+    /// A random walk filling the address book.
+    Walk,
+}
 
 struct Service {
     swarm: Swarm<NodeBehaviour>,
@@ -499,12 +670,26 @@ struct Service {
     store: Box<dyn AddressBookStore>,
     listen_addrs: Vec<Multiaddr>,
     pending_connects: HashMap<ConnectionId, (Multiaddr, ConnectReply)>,
-    /// When each connected peer last got addresses from us (bounded by the connected peers).
-    last_addr_response: HashMap<PeerId, Instant>,
+    /// Per-peer token buckets of peer exchange answers (bounded by `rate::MAX_BUCKETS`).
+    addr_limiter: RateLimiter<PeerId>,
     metrics: NetworkMetrics,
     libp2p_metrics: Option<libp2p::metrics::Metrics>,
     allow_local_addresses: bool,
     identify_version: String,
+    /// Our DHT protocol id, to recognise peers that serve the DHT from their identify message.
+    kad_protocol: StreamProtocol,
+    capability_keys: HashMap<RecordKey, Capabilities>,
+    /// The capability keys we announce as a provider.
+    announce: Vec<RecordKey>,
+    scheduler: DiscoveryScheduler,
+    diversity: DiversityFilter,
+    last_resync: Instant,
+    /// DHT lookups in flight; bounded by [`MAX_PENDING_LOOKUPS`] (callers),
+    /// [`MAX_PROVIDER_RESOLVES`] (resolves), one quota lookup and one walk.
+    lookups: HashMap<QueryId, Lookup>,
+    /// A quota lookup asked for while the routing table was empty.
+    deferred_quota_lookup: Option<Capabilities>,
+    network: NetworkName,
 }
 
 impl Service {
@@ -538,10 +723,12 @@ impl Service {
     }
 
     fn maintain(&mut self) {
+        let now = Instant::now();
         let gate = &mut self.swarm.behaviour_mut().gate;
-        let actions = gate.manager_mut().poll(Instant::now());
+        let actions = gate.manager_mut().poll(now);
         gate.apply(actions);
-        let manager = gate.manager();
+        self.maintain_dht(now);
+        let manager = self.swarm.behaviour().gate.manager();
         let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
         self.metrics
             .peers_inbound
@@ -618,6 +805,24 @@ impl Service {
                     .manager_mut()
                     .mark_useful(peer, Instant::now());
             }
+            Command::FindPeersWith { capability, reply } => self.find_peers_with(capability, reply),
+            Command::ClosestPeers { target, reply } => self.closest_peers(target, reply),
+            Command::DhtStatus { reply } => {
+                let behaviour = self.swarm.behaviour_mut();
+                let status = match behaviour.kad.as_mut() {
+                    Some(kad) => DhtStatus {
+                        enabled: true,
+                        server: kad.mode() == kad::Mode::Server,
+                        routing_table: table_len(kad),
+                    },
+                    None => DhtStatus {
+                        enabled: false,
+                        server: false,
+                        routing_table: 0,
+                    },
+                };
+                let _ = reply.send(status);
+            }
             // Handled in `run`.
             Command::Shutdown { reply } => {
                 let _ = reply.send(());
@@ -663,6 +868,7 @@ impl Service {
             match &event {
                 SwarmEvent::Behaviour(NodeBehaviourEvent::Ping(e)) => m.record(e),
                 SwarmEvent::Behaviour(NodeBehaviourEvent::Identify(e)) => m.record(e),
+                SwarmEvent::Behaviour(NodeBehaviourEvent::Kad(e)) => m.record(e),
                 _ => {}
             }
         }
@@ -707,7 +913,6 @@ impl Service {
             } => {
                 tracing::debug!(peer = %peer_id, ?cause, "connection closed");
                 if num_established == 0 {
-                    self.last_addr_response.remove(&peer_id);
                     self.emit(NetworkEvent::PeerDisconnected { peer: peer_id });
                 }
             }
@@ -766,38 +971,20 @@ impl Service {
                     }
                 }
             }
-            NodeBehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
-                let gate = &mut self.swarm.behaviour_mut().gate;
-                if info.protocol_version != self.identify_version {
-                    tracing::info!(peer = %peer_id, theirs = %info.protocol_version, "peer is on another network");
-                    gate.manager_mut().forget(&peer_id);
-                    gate.apply(vec![crate::policy::Action::Disconnect {
-                        peer: peer_id,
-                        reason: crate::policy::DisconnectReason::WrongNetwork,
-                    }]);
-                    return;
-                }
-                let addrs: Vec<Multiaddr> = info
-                    .listen_addrs
-                    .into_iter()
-                    .take(crate::addrbook::MAX_ADDRS_PER_PEER)
-                    .collect();
-                gate.manager_mut()
-                    .add_addresses(peer_id, addrs, AddrSource::Identify);
-            }
+            NodeBehaviourEvent::Identify(identify::Event::Received {
+                connection_id,
+                peer_id,
+                info,
+            }) => self.on_identify(connection_id, peer_id, info),
             NodeBehaviourEvent::Addrs(request_response::Event::Message {
                 peer, message, ..
             }) => match message {
                 request_response::Message::Request { channel, .. } => {
-                    let now = Instant::now();
-                    let too_soon = self.last_addr_response.get(&peer).is_some_and(|t| {
-                        now.saturating_duration_since(*t) < MIN_ADDR_RESPONSE_INTERVAL
-                    });
-                    let response = if too_soon {
-                        AddrResponse::default()
-                    } else {
-                        self.last_addr_response.insert(peer, now);
+                    let response = if self.addr_limiter.allow(peer, 1.0, Instant::now()) {
                         self.addr_response(peer)
+                    } else {
+                        self.metrics.addr_requests_limited.inc();
+                        AddrResponse::default()
                     };
                     // Fails only if the peer already closed the stream.
                     let _ = self
@@ -813,23 +1000,499 @@ impl Service {
                     }
                 }
             },
-            NodeBehaviourEvent::Gate(crate::behaviour::GateEvent::RequestAddrs(peer)) => {
+            NodeBehaviourEvent::Gate(GateEvent::RequestAddrs(peer)) => {
                 self.swarm
                     .behaviour_mut()
                     .addrs
                     .send_request(&peer, AddrRequest);
             }
+            NodeBehaviourEvent::Gate(GateEvent::FindCapable(capability)) => {
+                self.quota_lookup(capability)
+            }
+            NodeBehaviourEvent::Kad(event) => self.on_kad_event(event),
+            NodeBehaviourEvent::Mdns(event) => self.on_mdns_event(event),
             _ => {}
         }
     }
 
-    /// Addresses to share with `asker`: our connected peers first, then the rest of the book,
-    /// skipping the asker and (unless allowed) local addresses.
+    fn on_identify(&mut self, connection: ConnectionId, peer: PeerId, info: identify::Info) {
+        let gate = &mut self.swarm.behaviour_mut().gate;
+        if info.protocol_version != self.identify_version {
+            tracing::info!(%peer, theirs = %info.protocol_version, "peer is on another network");
+            gate.manager_mut().forget(&peer);
+            gate.apply(vec![crate::policy::Action::Disconnect {
+                peer,
+                reason: crate::policy::DisconnectReason::WrongNetwork,
+            }]);
+            if let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() {
+                kad.remove_peer(&peer);
+            }
+            self.diversity.remove(&peer);
+            return;
+        }
+        let capabilities = capabilities_from_agent(&info.agent_version);
+        let manager = gate.manager_mut();
+        manager.on_identified(peer, capabilities);
+        let remote_ip = manager.connection_ip(connection);
+        let addrs: Vec<Multiaddr> = info
+            .listen_addrs
+            .into_iter()
+            .take(MAX_ADDRS_PER_PEER)
+            .collect();
+        manager.add_addresses(peer, addrs.clone(), AddrSource::Identify);
+        // Only peers that serve the DHT enter the routing table, and only at addresses with
+        // the IP they connect from: claimed addresses elsewhere would let one host spread
+        // itself over many subnets and defeat the diversity filter.
+        if info.protocols.contains(&self.kad_protocol) {
+            for addr in addrs {
+                if remote_ip.is_some() && ip_of(&addr) == remote_ip {
+                    self.offer_to_table(peer, addr);
+                }
+            }
+        }
+        self.emit(NetworkEvent::PeerIdentified {
+            peer,
+            capabilities,
+            agent_version: info.agent_version,
+        });
+    }
+
+    /// Offers `peer` at `addr` to the DHT routing table through the diversity filter.
+    fn offer_to_table(&mut self, peer: PeerId, addr: Multiaddr) {
+        let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() else {
+            return;
+        };
+        if let Err(refusal) = offer_to_table(&mut self.diversity, kad, peer, addr, Instant::now()) {
+            tracing::debug!(%peer, %refusal, "not added to the DHT routing table");
+            self.metrics.dht_diversity_refusals.inc();
+        }
+    }
+
+    fn on_mdns_event(&mut self, event: mdns::Event) {
+        let manager = self.swarm.behaviour_mut().gate.manager_mut();
+        match event {
+            mdns::Event::Discovered(list) => {
+                let mut by_peer: HashMap<PeerId, Vec<Multiaddr>> = HashMap::new();
+                for (peer, addr) in list {
+                    let addrs = by_peer.entry(peer).or_default();
+                    if addrs.len() < MAX_ADDRS_PER_PEER {
+                        addrs.push(addr);
+                    }
+                }
+                for (peer, addrs) in by_peer {
+                    tracing::debug!(%peer, ?addrs, "discovered on the local network");
+                    self.metrics.mdns_discovered.inc();
+                    manager.add_addresses(peer, addrs, AddrSource::Mdns);
+                }
+            }
+            mdns::Event::Expired(list) => {
+                for (peer, addr) in list {
+                    manager.on_addr_expired(&peer, &addr);
+                }
+            }
+        }
+    }
+
+    fn on_kad_event(&mut self, event: kad::Event) {
+        match event {
+            kad::Event::RoutablePeer { peer, address } => self.offer_to_table(peer, address),
+            kad::Event::RoutingUpdated { peer, old_peer, .. } => {
+                self.diversity.confirm(&peer);
+                if let Some(old) = old_peer {
+                    self.diversity.remove(&old);
+                }
+            }
+            kad::Event::InboundRequest {
+                request:
+                    kad::InboundRequest::AddProvider {
+                        record: Some(record),
+                    },
+            } => {
+                // Only capability keys are stored; Kademlia already checked that the record
+                // names its sender as the provider.
+                if self.capability_keys.contains_key(&record.key)
+                    && let Some(kad) = self.swarm.behaviour_mut().kad.as_mut()
+                    && let Err(err) = kad.store_mut().add_provider(record)
+                {
+                    tracing::debug!(%err, "provider record not stored");
+                }
+            }
+            kad::Event::ModeChanged { new_mode } => {
+                tracing::info!(mode = %new_mode, "DHT mode changed");
+            }
+            kad::Event::OutboundQueryProgressed {
+                id,
+                result,
+                step,
+                stats,
+            } => {
+                if step.last {
+                    let kind = match &result {
+                        QueryResult::Bootstrap(_) => "bootstrap",
+                        QueryResult::GetClosestPeers(_) => "closest",
+                        QueryResult::GetProviders(_) => "providers",
+                        QueryResult::StartProviding(_) => "provide",
+                        _ => "other",
+                    };
+                    let lk = match self.lookups.get(&id) {
+                        Some(Lookup::Walk) => "walk",
+                        Some(Lookup::Quota { .. }) => "quota",
+                        Some(Lookup::Resolve { .. }) => "resolve",
+                        Some(Lookup::Find { .. }) => "find",
+                        Some(Lookup::Closest { .. }) => "closestcall",
+                        None => "none",
+                    };
+                    tracing::debug!(kind, lk, requests = stats.num_requests(), ok = stats.num_successes(), fail = stats.num_failures(), dur = ?stats.duration(), "TMPDBG query");
+                }
+                self.on_query_result(id, result);
+                if step.last {
+                    self.finish_lookup(id);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_query_result(&mut self, id: QueryId, result: QueryResult) {
+        match result {
+            QueryResult::GetProviders(Ok(kad::GetProvidersOk::FoundProviders {
+                providers,
+                ..
+            })) => self.on_providers(id, providers),
+            QueryResult::GetClosestPeers(result) => {
+                let peers = match result {
+                    Ok(ok) => ok.peers,
+                    Err(kad::GetClosestPeersError::Timeout { peers, .. }) => peers,
+                };
+                let manager = self.swarm.behaviour_mut().gate.manager_mut();
+                for info in &peers {
+                    let addrs = info
+                        .addrs
+                        .iter()
+                        .take(MAX_ADDRS_PER_PEER)
+                        .cloned()
+                        .collect();
+                    manager.add_addresses(info.peer_id, addrs, AddrSource::Dht);
+                }
+                match self.lookups.remove(&id) {
+                    Some(Lookup::Resolve { peer, capability }) => {
+                        manager.note_capabilities(peer, capability);
+                    }
+                    Some(Lookup::Closest { reply, .. }) => {
+                        let _ = reply.send(Ok(peers.into_iter().map(|p| p.peer_id).collect()));
+                    }
+                    Some(other) => {
+                        self.lookups.insert(id, other);
+                    }
+                    None => {}
+                }
+            }
+            QueryResult::StartProviding(Err(err)) => {
+                tracing::debug!(%err, "capability announcement incomplete");
+            }
+            QueryResult::Bootstrap(Err(err)) => tracing::debug!(%err, "DHT bootstrap failed"),
+            _ => {}
+        }
+    }
+
+    /// Providers of a capability key found by a lookup: remembered with their capability,
+    /// resolved to addresses when the book has none, and collected for a caller.
+    fn on_providers(&mut self, id: QueryId, providers: HashSet<PeerId>) {
+        let local = *self.swarm.local_peer_id();
+        let capability = match self.lookups.get(&id) {
+            Some(Lookup::Find { capability, .. } | Lookup::Quota { capability }) => *capability,
+            _ => return,
+        };
+        let mut full = false;
+        for peer in providers.into_iter().filter(|p| *p != local) {
+            let manager = self.swarm.behaviour_mut().gate.manager_mut();
+            manager.note_capabilities(peer, capability);
+            let known = manager.book().get(&peer).is_some() || manager.is_connected(&peer);
+            if !known {
+                self.resolve(peer, capability);
+            }
+            if let Some(Lookup::Find { found, .. }) = self.lookups.get_mut(&id)
+                && !found.contains(&peer)
+                && found.len() < MAX_CAPABLE_PEERS
+            {
+                found.push(peer);
+                full = found.len() >= MAX_CAPABLE_PEERS;
+            }
+        }
+        if full {
+            if let Some(mut query) = self
+                .swarm
+                .behaviour_mut()
+                .kad
+                .as_mut()
+                .and_then(|k| k.query_mut(&id))
+            {
+                query.finish();
+            }
+            self.finish_lookup(id);
+        }
+    }
+
+    /// Starts a lookup of `peer`'s addresses (a provider lookup returns only ids).
+    fn resolve(&mut self, peer: PeerId, capability: Capabilities) {
+        let resolving = self
+            .lookups
+            .values()
+            .filter(|l| matches!(l, Lookup::Resolve { .. }))
+            .count();
+        let already = self
+            .lookups
+            .values()
+            .any(|l| matches!(l, Lookup::Resolve { peer: p, .. } if *p == peer));
+        if resolving >= MAX_PROVIDER_RESOLVES || already {
+            return;
+        }
+        if let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() {
+            let id = kad.get_closest_peers(peer);
+            self.lookups
+                .insert(id, Lookup::Resolve { peer, capability });
+        }
+    }
+
+    /// A lookup is over (Kademlia's last step, enough results, or our deadline): answer its
+    /// caller with what it found.
+    fn finish_lookup(&mut self, id: QueryId) {
+        match self.lookups.remove(&id) {
+            Some(Lookup::Find {
+                capability,
+                found,
+                reply,
+                ..
+            }) => {
+                let peers = self.capable_peers(capability, found);
+                let _ = reply.send(Ok(peers));
+            }
+            Some(Lookup::Closest { reply, .. }) => {
+                let _ = reply.send(Err(NetworkError::LookupTimeout));
+            }
+            _ => {}
+        }
+    }
+
+    /// Connected peers that declared `capability`, then `providers`, as [`CapablePeer`]s.
+    fn capable_peers(&self, capability: Capabilities, providers: Vec<PeerId>) -> Vec<CapablePeer> {
+        let manager = self.swarm.behaviour().gate.manager();
+        let mut peers: Vec<PeerId> = manager
+            .peers()
+            .into_iter()
+            .filter(|i| i.capabilities.contains(capability))
+            .map(|i| i.peer)
+            .collect();
+        for p in providers {
+            if !peers.contains(&p) {
+                peers.push(p);
+            }
+        }
+        let connected: HashMap<PeerId, Capabilities> = manager
+            .peers()
+            .into_iter()
+            .map(|i| (i.peer, i.capabilities))
+            .collect();
+        peers
+            .into_iter()
+            .take(MAX_CAPABLE_PEERS)
+            .map(|peer| {
+                let record = manager.book().get(&peer);
+                let known = connected
+                    .get(&peer)
+                    .copied()
+                    .or(record.map(|r| r.capabilities))
+                    .unwrap_or(Capabilities::NONE);
+                CapablePeer {
+                    peer,
+                    capabilities: known.with(capability),
+                    connected: connected.contains_key(&peer),
+                    addrs: record
+                        .map(|r| r.addrs.iter().map(|e| e.addr.clone()).collect())
+                        .unwrap_or_default(),
+                }
+            })
+            .collect()
+    }
+
+    fn caller_lookups(&self) -> usize {
+        self.lookups
+            .values()
+            .filter(|l| matches!(l, Lookup::Find { .. } | Lookup::Closest { .. }))
+            .count()
+    }
+
+    fn find_peers_with(&mut self, capability: Capabilities, reply: FindReply) {
+        let key = match capability_key(&self.network, capability) {
+            Some(key) => key,
+            None if capability.names().len() == 1 => {
+                // A capability that is never announced (validator): connected peers only.
+                let _ = reply.send(Ok(self.capable_peers(capability, Vec::new())));
+                return;
+            }
+            None => {
+                let _ = reply.send(Err(NetworkError::InvalidCapability(capability)));
+                return;
+            }
+        };
+        if !self.capability_keys.contains_key(&key) {
+            let _ = reply.send(Ok(self.capable_peers(capability, Vec::new())));
+            return;
+        }
+        if self.caller_lookups() >= MAX_PENDING_LOOKUPS {
+            let _ = reply.send(Err(NetworkError::Busy));
+            return;
+        }
+        let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() else {
+            let _ = reply.send(Ok(self.capable_peers(capability, Vec::new())));
+            return;
+        };
+        let id = kad.get_providers(key);
+        self.lookups.insert(
+            id,
+            Lookup::Find {
+                capability,
+                found: Vec::new(),
+                reply,
+                deadline: Instant::now() + FIND_PEERS_TIMEOUT,
+            },
+        );
+    }
+
+    fn closest_peers(&mut self, target: PeerId, reply: ClosestReply) {
+        if self.caller_lookups() >= MAX_PENDING_LOOKUPS {
+            let _ = reply.send(Err(NetworkError::Busy));
+            return;
+        }
+        let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() else {
+            let _ = reply.send(Err(NetworkError::DhtDisabled));
+            return;
+        };
+        let id = kad.get_closest_peers(target);
+        self.lookups.insert(
+            id,
+            Lookup::Closest {
+                reply,
+                deadline: Instant::now() + FIND_PEERS_TIMEOUT,
+            },
+        );
+    }
+
+    /// The connection manager wants peers with `capability` for its quota. The lookup starts
+    /// now, or as soon as the routing table has an entry (a lookup from an empty table finds
+    /// nothing).
+    fn quota_lookup(&mut self, capability: Capabilities) {
+        if self
+            .lookups
+            .values()
+            .any(|l| matches!(l, Lookup::Quota { .. }))
+        {
+            return;
+        }
+        let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() else {
+            return;
+        };
+        match capability_key(&self.network, capability) {
+            Some(key) if table_len(kad) > 0 => {
+                let id = kad.get_providers(key);
+                self.lookups.insert(id, Lookup::Quota { capability });
+                self.deferred_quota_lookup = None;
+            }
+            Some(_) => self.deferred_quota_lookup = Some(capability),
+            None => {}
+        }
+    }
+
+    /// DHT housekeeping on the maintenance tick: random walks and announcements when due,
+    /// caller deadlines, and the periodic diversity-filter resync.
+    fn maintain_dht(&mut self, now: Instant) {
+        let short = self.swarm.behaviour().gate.manager().short_of_candidates();
+        let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() else {
+            return;
+        };
+        let table = table_len(kad);
+        self.metrics
+            .dht_routing_table_peers
+            .set(i64::try_from(table).unwrap_or(i64::MAX));
+        if table > 0
+            && let Some(capability) = self.deferred_quota_lookup.take()
+        {
+            self.quota_lookup(capability);
+        }
+        let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() else {
+            return;
+        };
+        for action in self.scheduler.poll(now, table, short) {
+            match action {
+                DiscoveryAction::RandomWalk => {
+                    if !self.lookups.values().any(|l| matches!(l, Lookup::Walk)) {
+                        let id = kad.get_closest_peers(PeerId::random());
+                        self.lookups.insert(id, Lookup::Walk);
+                    }
+                }
+                DiscoveryAction::Announce => {
+                    for key in &self.announce {
+                        if let Err(err) = kad.start_providing(key.clone()) {
+                            tracing::warn!(%err, "cannot announce a capability");
+                        }
+                    }
+                }
+            }
+        }
+        let expired: Vec<QueryId> = self
+            .lookups
+            .iter()
+            .filter(|(_, l)| match l {
+                Lookup::Find { deadline, .. } | Lookup::Closest { deadline, .. } => {
+                    now >= *deadline
+                }
+                _ => false,
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            let closest = matches!(self.lookups.get(&id), Some(Lookup::Closest { .. }));
+            let running = match self
+                .swarm
+                .behaviour_mut()
+                .kad
+                .as_mut()
+                .and_then(|k| k.query_mut(&id))
+            {
+                Some(mut query) => {
+                    query.finish();
+                    true
+                }
+                None => false,
+            };
+            if closest && running {
+                // Kademlia reports the peers it has at its next poll, and that answers the
+                // caller; if it does not, the extended deadline does.
+                if let Some(Lookup::Closest { deadline, .. }) = self.lookups.get_mut(&id) {
+                    *deadline = now + LOOKUP_REPLY_SLACK;
+                }
+            } else {
+                self.finish_lookup(id);
+            }
+        }
+        if now.saturating_duration_since(self.last_resync) >= ROUTING_TABLE_RESYNC_INTERVAL {
+            self.last_resync = now;
+            if let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() {
+                self.diversity.resync(table_entries(kad), now);
+            }
+        }
+    }
+
+    /// Addresses to share with `asker`: verified addresses only (a dial of ours succeeded to
+    /// each), our connected peers first, then the most recently seen; never the asker's, and
+    /// (unless allowed) no local addresses. At most [`MAX_PEERS_PER_RESPONSE`] peers and
+    /// [`MAX_ADDRS_PER_RESPONSE`] addresses.
     fn addr_response(&self, asker: PeerId) -> AddrResponse {
         let manager = self.swarm.behaviour().gate.manager();
         let book = manager.book();
-        let connected: Vec<PeerId> = manager.peers().into_iter().map(|p| p.peer).collect();
+        let connected: HashSet<PeerId> = manager.peers().into_iter().map(|p| p.peer).collect();
         let mut out = Vec::new();
+        let mut budget = MAX_ADDRS_PER_RESPONSE;
         let mut records: Vec<_> = book.records().collect();
         records.sort_by_key(|r| {
             (
@@ -839,19 +1502,20 @@ impl Service {
             )
         });
         for record in records {
-            if out.len() >= MAX_PEERS_PER_RESPONSE {
+            if out.len() >= MAX_PEERS_PER_RESPONSE || budget == 0 {
                 break;
             }
             if record.peer == asker {
                 continue;
             }
             let addrs: Vec<Multiaddr> = record
-                .addrs
-                .iter()
-                .map(|e| e.addr.clone())
+                .verified_addrs()
                 .filter(|a| self.allow_local_addresses || crate::addrbook::is_global(a))
+                .take(budget)
+                .cloned()
                 .collect();
             if !addrs.is_empty() {
+                budget -= addrs.len();
                 out.push((record.peer, addrs));
             }
         }

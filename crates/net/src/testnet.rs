@@ -5,6 +5,10 @@
 //! Linux) and listens on QUIC there. QUIC dials leave from the listening socket, so node `n`
 //! really connects from `127.<n>.0.1`, and IP-group (/16) logic sees distinct groups. Waiting
 //! helpers are driven by [`NetworkEvent`]s with a deadline, never by fixed sleeps.
+//!
+//! Test configs run the DHT as a server (every test node is reachable) and leave mDNS off:
+//! mDNS multicasts on every interface of the host, so only tests that create their own network
+//! namespaces turn it on.
 
 use std::net::Ipv4Addr;
 use std::time::Duration;
@@ -18,7 +22,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::addrbook::{BackoffConfig, MemoryStore};
-use crate::config::NetworkConfig;
+use crate::config::{DhtMode, NetworkConfig};
 use crate::policy::PeerInfo;
 use crate::protocol::NetworkName;
 use crate::service::{NetworkError, NetworkEvent, NetworkHandle, start};
@@ -47,7 +51,7 @@ pub fn tcp_addr(ip: Ipv4Addr) -> Multiaddr {
 }
 
 /// A config for tests: QUIC on `ip`, fast heartbeats, short backoff, local addresses allowed,
-/// and a fixed jitter seed.
+/// a fixed jitter seed, mDNS off and the DHT on in server mode.
 pub fn test_config(ip: Ipv4Addr) -> NetworkConfig {
     let mut cfg = NetworkConfig::new(
         // TEST_NETWORK is a constant made of [a-z], so it is always a valid name.
@@ -64,6 +68,9 @@ pub fn test_config(ip: Ipv4Addr) -> NetworkConfig {
     };
     cfg.addr_request_interval = Duration::from_secs(1);
     cfg.rng_seed = Some(u64::from(u32::from(ip)));
+    cfg.mdns = false;
+    cfg.dht = true;
+    cfg.dht_mode = DhtMode::Server;
     cfg
 }
 

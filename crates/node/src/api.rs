@@ -38,6 +38,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use playergold_net::{Direction, Multiaddr, NetworkError, NetworkHandle, PeerId, PeerInfo};
+use playergold_protocol::relay::TxVerdict;
+use playergold_services::{RelayError, RelayHandle, SyncHandle};
 
 use crate::metrics::{ChainGauges, NodeMetrics};
 
@@ -58,6 +60,10 @@ pub(crate) struct ApiState {
     pub(crate) node_key: PublicKey,
     /// The peer-to-peer network.
     pub(crate) network: NetworkHandle,
+    /// Propagation: transactions submitted here are validated and relayed by it.
+    pub(crate) relay: RelayHandle,
+    /// Sync: progress and the network state.
+    pub(crate) sync: SyncHandle,
     /// `devnet.json` of the devnet this node belongs to, if any.
     pub(crate) devnet_file: Option<std::path::PathBuf>,
     /// The node's metrics.
@@ -133,6 +139,9 @@ enum ApiError {
     /// The network refused or failed the operation.
     #[error(transparent)]
     Network(#[from] NetworkError),
+    /// The relay refused the transaction or has stopped.
+    #[error(transparent)]
+    Relay(#[from] RelayError),
 }
 
 impl ApiError {
@@ -163,6 +172,12 @@ impl ApiError {
                 (StatusCode::BAD_GATEWAY, "dial_failed")
             }
             ApiError::Network(_) => (StatusCode::SERVICE_UNAVAILABLE, "network_unavailable"),
+            ApiError::Relay(RelayError::TxRejected { verdict, .. }) => match verdict {
+                TxVerdict::Known => (StatusCode::CONFLICT, "duplicate_transaction"),
+                TxVerdict::Refused => (StatusCode::SERVICE_UNAVAILABLE, "mempool_full"),
+                _ => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_transaction"),
+            },
+            ApiError::Relay(_) => (StatusCode::SERVICE_UNAVAILABLE, "relay_unavailable"),
         }
     }
 }
@@ -251,8 +266,10 @@ pub(crate) struct StatusResponse {
     pub(crate) mempool_size: usize,
     /// Connected peers.
     pub(crate) peer_count: usize,
-    /// `synced` or `syncing`.
+    /// `idle`, `headers`, `blocks` or `synced`.
     pub(crate) sync_state: String,
+    /// The best height a peer claims (what sync works toward).
+    pub(crate) sync_target_height: Height,
     /// `healthy`, `degraded` or `partitioned`.
     pub(crate) network_state: String,
     /// Addresses peers can reach us on.
@@ -262,6 +279,8 @@ pub(crate) struct StatusResponse {
 async fn status(State(state): State<Arc<ApiState>>) -> Result<Json<StatusResponse>, ApiError> {
     let peer_id = state.network.local_peer_id().to_string();
     let address = state.node_key.address().to_string();
+    let progress = state.sync.progress();
+    let network_state = state.sync.network_state();
     let peer_count = state.network.peers().await?.len();
     let listen_addrs = state
         .network
@@ -284,8 +303,9 @@ async fn status(State(state): State<Arc<ApiState>>) -> Result<Json<StatusRespons
                     best_timestamp_ms: tip.timestamp_ms,
                     mempool_size: chain.mempool_len(),
                     peer_count,
-                    sync_state: "synced".to_string(),
-                    network_state: "healthy".to_string(),
+                    sync_state: progress.state.to_string(),
+                    sync_target_height: progress.target_height,
+                    network_state: network_state.to_string(),
                     listen_addrs,
                 }
             })
@@ -450,9 +470,7 @@ async fn submit_transaction(
     body: Result<Json<Transaction>, JsonRejection>,
 ) -> Result<Json<SubmitResponse>, ApiError> {
     let Json(tx) = body?;
-    let id = state
-        .with_chain(move |chain| chain.submit_transaction(tx, TimestampMs::now()))
-        .await??;
+    let id = state.relay.submit_transaction(tx).await?;
     state.metrics.api_transactions_accepted.inc();
     tracing::debug!(tx = %id, "transaction accepted through the api");
     Ok(Json(SubmitResponse { id }))

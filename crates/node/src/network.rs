@@ -17,6 +17,7 @@ use playergold_net::{
     ADDRESS_BOOK_AUX_KEY, AddressBookStore, FnStore, NetworkConfig, NetworkName, PeerId,
 };
 use playergold_primitives::Genesis;
+use playergold_protocol::Capabilities;
 
 use crate::config::NodeConfig;
 
@@ -39,9 +40,26 @@ pub(crate) fn network_config(
     // Outbound slots: the target plus two for manual and persistent peers, within max_peers.
     net.outbound_reserve = (config.min_peers + 2).min(config.max_peers);
     net.allow_local_addresses = config.allow_local_addresses;
+    net.mdns = config.mdns;
+    net.dht = config.dht;
+    if config.allow_local_addresses {
+        // Devnets and private networks: every node is reachable, so every node serves the DHT
+        // (on the public network a node serves once it knows it is reachable).
+        net.dht_mode = playergold_net::config::DhtMode::Server;
+    }
+    net.capabilities = capabilities(config);
     net.validate()
         .context("the network settings in the config are inconsistent")?;
     Ok(net)
+}
+
+/// The capabilities named in the config (validated when the config was loaded).
+pub(crate) fn capabilities(config: &NodeConfig) -> Capabilities {
+    config
+        .capabilities
+        .iter()
+        .filter_map(|c| Capabilities::parse(c))
+        .fold(Capabilities::NONE, Capabilities::with)
 }
 
 /// The node key as the network identity (the same 32-byte secret that signs blocks, so a

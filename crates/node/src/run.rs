@@ -12,9 +12,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use playergold_chain::{Blockchain, ChainBackend, ChainConfig, ImportOutcome, ProofOfAuthority};
+use playergold_chain::{Blockchain, ChainBackend, ChainConfig, ProofOfAuthority};
 use playergold_primitives::{
     Address, Amount, Genesis, Keypair, MAX_BLOCK_TXS, Nonce, TimestampMs, UnsignedTransaction,
+};
+use playergold_protocol::relay::PropagationConfig;
+use playergold_services::{
+    RelayError, RelayHandle, RelayService, SyncHandle, SyncService, SyncServiceConfig,
 };
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
@@ -106,6 +110,27 @@ pub(crate) fn run(args: NodeArgs) -> anyhow::Result<()> {
             println!("p2p listening on {addr}/p2p/{}", net.local_peer_id());
         }
         let metrics = Arc::new(metrics);
+        let capabilities = network::capabilities(&config);
+        let (relay, relay_task) = RelayService::start(
+            net.clone(),
+            chain.clone(),
+            PropagationConfig::default(),
+            capabilities,
+        )
+        .context("starting the relay")?;
+        let mut sync_config = SyncServiceConfig {
+            bootstrap: config.bootstrap.clone(),
+            ..SyncServiceConfig::default()
+        };
+        sync_config.partition.min_peers = config.min_peers;
+        sync_config.partition.slot = Duration::from_millis(genesis.slot_duration_ms);
+        let (sync, sync_task) = SyncService::start(
+            net.clone(),
+            chain.clone(),
+            sync_config,
+            Some(relay.subscribe()),
+        )
+        .context("starting sync")?;
         let (stop_tx, stop_rx) = watch::channel(false);
         let stop = stop_requested(args.seconds)?;
         let listener = api::bind(config.api).await?;
@@ -116,6 +141,8 @@ pub(crate) fn run(args: NodeArgs) -> anyhow::Result<()> {
                 chain: chain.clone(),
                 node_key: key.public(),
                 network: net.clone(),
+                relay: relay.clone(),
+                sync: sync.clone(),
                 devnet_file: args
                     .data_dir
                     .parent()
@@ -125,9 +152,20 @@ pub(crate) fn run(args: NodeArgs) -> anyhow::Result<()> {
                 shutdown: stop_rx.clone(),
             },
         ));
-        let mut producer = tokio::spawn(produce(chain.clone(), key, metrics.clone(), stop_rx));
-        let load = (args.tps > 0).then(|| tokio::spawn(generate_load(chain.clone(), args.tps)));
-        let status = tokio::spawn(status_lines(chain.clone(), net.clone(), metrics.clone()));
+        let mut producer = tokio::spawn(produce(
+            chain.clone(),
+            relay.clone(),
+            key,
+            metrics.clone(),
+            stop_rx,
+        ));
+        let load = (args.tps > 0).then(|| tokio::spawn(generate_load(relay.clone(), args.tps)));
+        let status = tokio::spawn(status_lines(
+            chain.clone(),
+            net.clone(),
+            sync.clone(),
+            metrics.clone(),
+        ));
 
         let produced = tokio::select! {
             reason = stop => {
@@ -150,6 +188,12 @@ pub(crate) fn run(args: NodeArgs) -> anyhow::Result<()> {
         match tokio::time::timeout(API_DRAIN_TIMEOUT, api).await {
             Ok(served) => served?.context("serving the API")?,
             Err(_) => tracing::warn!("API requests still open after the drain timeout: dropped"),
+        }
+        if sync.shutdown().await.is_ok() {
+            let _ = sync_task.await;
+        }
+        if relay.shutdown().await.is_ok() {
+            let _ = relay_task.await;
         }
         if let Err(e) = net.shutdown().await {
             tracing::warn!(error = %e, "network already stopped");
@@ -201,6 +245,7 @@ async fn exit_on_second_interrupt() {
 /// Produces a block in each of our slots on the current tip, until `stop` turns `true`.
 async fn produce(
     chain: Arc<Blockchain>,
+    relay: RelayHandle,
     key: Keypair,
     metrics: Arc<NodeMetrics>,
     mut stop: watch::Receiver<bool>,
@@ -226,31 +271,27 @@ async fn produce(
         let Some(at) = at else {
             continue;
         };
-        let chain = chain.clone();
+        let builder = chain.clone();
         let key = key.clone();
-        let outcome = tokio::task::spawn_blocking(move || {
-            let block = chain.build_block(&key, at, MAX_BLOCK_TXS);
-            let txs = block.txs.len();
-            chain
-                .import_block(block, TimestampMs::now())
-                .map(|o| (o, txs))
-        })
-        .await?;
-        match outcome {
-            Ok((ImportOutcome::Imported { .. }, txs)) => {
+        let block =
+            tokio::task::spawn_blocking(move || builder.build_block(&key, at, MAX_BLOCK_TXS))
+                .await?;
+        let txs = block.txs.len();
+        // The relay imports the block (one durable commit) and pushes it to every peer.
+        match relay.propagate_block(block).await {
+            Ok(hash) => {
                 metrics.blocks_produced.inc();
                 metrics.transactions_included.inc_by(txs as u64);
-                tracing::debug!(txs, "produced block");
+                tracing::debug!(%hash, txs, "produced block");
             }
-            Ok((other, _)) => tracing::warn!(?other, "own block not imported"),
-            Err(e) if e.is_peer_fault() => tracing::warn!(error = %e, "own block refused"),
-            Err(e) => return Err(e).context("storing our own block"),
+            Err(RelayError::Stopped) => return Ok(()),
+            Err(e) => tracing::warn!(error = %e, "own block not imported"),
         }
     }
 }
 
-/// Submits `tps` signed transfers per second from a throw-away devnet key.
-async fn generate_load(chain: Arc<Blockchain>, tps: u32) {
+/// Submits `tps` signed transfers per second from a throw-away devnet key, through the relay.
+async fn generate_load(relay: RelayHandle, tps: u32) {
     let sender = Keypair::generate();
     let per_tick = (tps as u64 * LOAD_TICK.as_millis() as u64 / 1_000).max(1);
     let mut nonce = 0u64;
@@ -268,7 +309,7 @@ async fn generate_load(chain: Arc<Blockchain>, tps: u32) {
             }
             .sign(&sender);
             nonce += 1;
-            if let Err(e) = chain.submit_transaction(tx, TimestampMs::now()) {
+            if let Err(e) = relay.submit_transaction(tx).await {
                 tracing::debug!(error = %e, "load tx refused");
             }
         }
@@ -279,6 +320,7 @@ async fn generate_load(chain: Arc<Blockchain>, tps: u32) {
 async fn status_lines(
     chain: Arc<Blockchain>,
     net: playergold_net::NetworkHandle,
+    sync: SyncHandle,
     metrics: Arc<NodeMetrics>,
 ) {
     let mut tick = tokio::time::interval(STATUS_INTERVAL);
@@ -300,6 +342,7 @@ async fn status_lines(
             }
         };
         let peers = net.peers().await.unwrap_or_default();
+        let progress = sync.progress();
         let inbound = peers
             .iter()
             .filter(|p| p.direction == playergold_net::Direction::Inbound)
@@ -307,6 +350,9 @@ async fn status_lines(
         tracing::info!(
             peers_in = inbound,
             peers_out = peers.len() - inbound,
+            sync = %progress.state,
+            sync_target = progress.target_height.0,
+            network_state = %sync.network_state(),
             best_height = tip.height.0,
             best_hash = %tip.hash,
             mempool,

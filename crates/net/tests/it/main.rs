@@ -1,9 +1,11 @@
 //! Integration tests of `playergold-net`: real sockets on 127.0.0.0/8, real TLS.
 
 mod chain_store;
+mod discovery;
 mod eviction;
 mod heartbeat;
 mod identity;
+mod mdns;
 mod network;
 mod tls;
 mod transport;

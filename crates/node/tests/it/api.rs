@@ -17,13 +17,18 @@ fn a_transaction_sent_with_the_cli_is_included_and_shown_by_the_api() {
     .expect("status JSON");
     assert_eq!(status["peer_id"], peer_id.as_str());
     assert_eq!(status["network"], "testnet");
-    assert_eq!(status["sync_state"], "synced");
-    assert_eq!(status["network_state"], "healthy");
+    // A lone node has nobody to sync from.
+    assert_eq!(status["sync_state"], "idle");
+    assert!(
+        ["healthy", "degraded", "partitioned"]
+            .contains(&status["network_state"].as_str().unwrap_or_default()),
+        "{status}"
+    );
     assert_eq!(status["peer_count"], 0);
     assert!(status["best_hash"].as_str().is_some_and(|h| h.len() == 64));
     let human = run_ok(playergold().args(["status", "--api", &api]));
     assert!(
-        human.contains("testnet") && human.contains("synced"),
+        human.contains("testnet") && human.contains("idle"),
         "{human}"
     );
 

@@ -67,7 +67,7 @@ fn the_devnet_command_runs_connected_nodes_and_the_dashboard_shows_them() {
     let net_dir = dir.path().join("devnet");
     let devnet = RunningNode::spawn(
         playergold()
-            .args(["devnet", "--nodes", "3", "--slot-ms", "500", "--dir"])
+            .args(["devnet", "--nodes", "5", "--slot-ms", "1000", "--dir"])
             .arg(&net_dir),
     );
     let dashboard = devnet.next_line_starting("dashboard ").trim().to_string();
@@ -76,7 +76,7 @@ fn the_devnet_command_runs_connected_nodes_and_the_dashboard_shows_them() {
     )
     .expect("devnet.json is JSON");
     let nodes = file["nodes"].as_array().expect("nodes").clone();
-    assert_eq!(nodes.len(), 3);
+    assert_eq!(nodes.len(), 5);
     let ids: Vec<String> = nodes
         .iter()
         .map(|n| n["peer_id"].as_str().expect("peer_id").to_string())
@@ -86,20 +86,20 @@ fn the_devnet_command_runs_connected_nodes_and_the_dashboard_shows_them() {
         assert!(Path::new(node["data_dir"].as_str().expect("data_dir")).is_dir());
     }
 
-    // Every node reaches the two others (node 0 is the only bootstrap; the rest is discovery).
+    // Every node reaches the four others (node 0 is the only bootstrap; the rest is discovery).
     let deadline = Instant::now() + MESH_DEADLINE;
     for node in &nodes {
         let api = node["api"].as_str().expect("api");
         loop {
             let (code, status) = http_json(api, "GET", "/api/v1/status", None);
             assert_eq!(code, 200, "{status}");
-            if status["peer_count"] == 2 {
+            if status["peer_count"] == 4 {
                 assert!(ids.contains(&status["peer_id"].as_str().unwrap_or_default().to_string()));
                 break;
             }
             assert!(
                 Instant::now() < deadline,
-                "node {api} has {} peers, not 2",
+                "node {api} has {} peers, not 4",
                 status["peer_count"]
             );
             std::thread::sleep(Duration::from_millis(100));
@@ -117,8 +117,8 @@ fn the_devnet_command_runs_connected_nodes_and_the_dashboard_shows_them() {
         );
     }
     assert!(rows.contains(self_id), "the graph shows the node itself");
-    assert_eq!(attr_values(&dom, "data-nodes"), vec!["3"], "graph nodes");
-    assert_eq!(attr_values(&dom, "data-links"), vec!["3"], "graph links");
+    assert_eq!(attr_values(&dom, "data-nodes"), vec!["5"], "graph nodes");
+    assert_eq!(attr_values(&dom, "data-links"), vec!["10"], "graph links");
     assert!(dom.contains(&format!("id=\"peer-id\">{self_id}<")));
 
     let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
@@ -134,6 +134,50 @@ fn the_devnet_command_runs_connected_nodes_and_the_dashboard_shows_them() {
     let png = std::fs::read(&shot).expect("screenshot written");
     assert!(png.starts_with(b"\x89PNG"), "screenshot is a PNG");
     println!("dashboard screenshot: {}", shot.display());
+
+    // A transaction sent to node 0 is included in the chain node 4 holds.
+    let api = |i: usize| nodes[i]["api"].as_str().expect("api").to_string();
+    let to = "22".repeat(20);
+    let sent: serde_json::Value = serde_json::from_str(&crate::run_ok(playergold().args([
+        "tx",
+        "send",
+        "--json",
+        "--api",
+        &api(0),
+        "--to",
+        &to,
+        "--amount",
+        "7",
+    ])))
+    .expect("tx send JSON");
+    let id = sent["id"].as_str().expect("tx id").to_string();
+    let deadline = Instant::now() + MESH_DEADLINE;
+    loop {
+        let (code, tx) = http_json(&api(4), "GET", &format!("/api/v1/transactions/{id}"), None);
+        if code == 200 && tx["status"] == "included" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 4 never included {id}: {code} {tx}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Every node reports the same best block (blocks come every second: ask again until the
+    // five answers agree within one round).
+    loop {
+        let hashes: Vec<serde_json::Value> = (0..5)
+            .map(|i| http_json(&api(i), "GET", "/api/v1/status", None).1["best_hash"].clone())
+            .collect();
+        if hashes.iter().all(|h| *h == hashes[0]) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nodes disagree on the best block: {hashes:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     let (status, _, _) = devnet.terminate_with("devnet stopped");
     assert!(status.success(), "devnet exited with {status}");

@@ -1,0 +1,119 @@
+//! `playergold-bench`: the PlayerGold benchmarks.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use playergold_bench::propagation::{self, DEFAULT_BACKLOG, DEFAULT_MAX_BLOCK_TXS, Options};
+use playergold_bench::rtt::DEFAULT_RTT_FILE;
+
+#[derive(Parser, Debug)]
+#[command(name = "playergold-bench", about = "PlayerGold benchmarks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Transaction and block propagation through our relay and through gossipsub, on the same
+    /// overlay of in-process nodes (real TLS over TCP, links delayed by half the measured RTT
+    /// between their regions).
+    Propagation(PropagationArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct PropagationArgs {
+    /// Nodes per system.
+    #[arg(long, default_value_t = 50)]
+    nodes: usize,
+    /// Length of the workload in seconds (each system runs it once).
+    #[arg(long, default_value_t = 20.0)]
+    seconds: f64,
+    /// Where to write the JSON report.
+    #[arg(long, default_value = "target/bench/propagation.json")]
+    out: PathBuf,
+    /// Region round-trip-time matrix (CSV, ms). A relative path is also tried from the
+    /// workspace root.
+    #[arg(long, default_value = DEFAULT_RTT_FILE)]
+    rtt_file: PathBuf,
+    /// Target links per node.
+    #[arg(long, default_value_t = 8)]
+    degree: usize,
+    /// Transactions per second, all nodes together.
+    #[arg(long, default_value_t = 20.0)]
+    tx_rate: f64,
+    /// Milliseconds between blocks.
+    #[arg(long, default_value_t = 2_000)]
+    block_interval_ms: u64,
+    /// Most transactions per block (a full block must fit gossipsub's 64 KiB default limit).
+    #[arg(long, default_value_t = DEFAULT_MAX_BLOCK_TXS)]
+    max_block_txs: usize,
+    /// Transactions preloaded into every mempool before the workload (mempools in sync, so
+    /// blocks are full-size and rebuilt from mempools).
+    #[arg(long, default_value_t = DEFAULT_BACKLOG)]
+    backlog: usize,
+    /// Tokio worker threads. More than the CPU count on purpose: our relay runs each node's
+    /// engine on its own thread, and gossipsub nodes should not get a smaller share of a busy
+    /// machine's CPUs merely for running on fewer threads.
+    #[arg(long, default_value_t = 8)]
+    threads: usize,
+    /// Seed of the overlay, the regions and the workload.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Seconds items may take to arrive after the last injection.
+    #[arg(long, default_value_t = 10.0)]
+    drain_seconds: f64,
+    /// Seconds from gossipsub's start to its workload (its first heartbeat comes at 5 s).
+    #[arg(long, default_value_t = 6.0)]
+    gossip_warmup_seconds: f64,
+}
+
+fn secs(name: &str, s: f64) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(s).with_context(|| format!("--{name} must be a number of seconds"))
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("warn,yamux=error,playergold_bench=info")
+            }),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let Command::Propagation(args) = Cli::parse().command;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.threads.max(1))
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(propagation_command(args))
+}
+
+async fn propagation_command(args: PropagationArgs) -> anyhow::Result<()> {
+    let opts = Options {
+        nodes: args.nodes,
+        duration: secs("seconds", args.seconds)?,
+        degree: args.degree,
+        tx_rate: args.tx_rate,
+        block_interval: Duration::from_millis(args.block_interval_ms),
+        max_block_txs: args.max_block_txs,
+        backlog: args.backlog,
+        seed: args.seed,
+        rtt_file: args.rtt_file,
+        drain: secs("drain-seconds", args.drain_seconds)?,
+        gossip_warmup: secs("gossip-warmup-seconds", args.gossip_warmup_seconds)?,
+    };
+    let report = propagation::run(&opts).await?;
+    print!("{}", report.table());
+    if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let json = serde_json::to_string_pretty(&report)?;
+    std::fs::write(&args.out, json + "\n")
+        .with_context(|| format!("cannot write {}", args.out.display()))?;
+    println!("report written to {}", args.out.display());
+    Ok(())
+}

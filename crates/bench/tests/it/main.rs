@@ -1,0 +1,3 @@
+//! Integration tests of the bench: one binary, one module per area.
+
+mod smoke;

@@ -1,0 +1,248 @@
+//! The per-peer tasks that only move bytes: one acceptor for inbound relay streams, one reader
+//! per inbound stream, one writer per outbound stream. All protocol decisions stay in the owner.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use futures::{AsyncWriteExt, StreamExt};
+use libp2p::{Stream, StreamProtocol};
+use libp2p_stream::{Control, IncomingStreams, OpenStreamError};
+use playergold_net::PeerId;
+use playergold_net::framing::{
+    FRAME_HEADER_LEN, FrameError, MaxFrameSize, read_frame, write_frame,
+};
+use playergold_primitives::codec::{self, WireDecode};
+use playergold_protocol::relay::RelayMessage;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::task::{AbortHandle, JoinSet};
+use tokio::time::timeout;
+
+use super::{FRAME_WRITE_TIMEOUT, MAX_FRAME_SIZE, RelayHello, STREAM_OPEN_TIMEOUT};
+
+/// Largest hello frame.
+const HELLO_FRAME_SIZE: MaxFrameSize = MaxFrameSize::new(RelayHello::MAX_BYTES as u32);
+
+/// What readers tell the owner, in stream order.
+#[derive(Debug)]
+pub(crate) enum Inbound {
+    /// A peer opened its relay stream to us and said hello.
+    Opened { peer: PeerId, hello: RelayHello },
+    /// A decoded message; `permit` holds its bytes against the shared inbound budget until the
+    /// owner has handled it.
+    Message {
+        peer: PeerId,
+        msg: Box<RelayMessage>,
+        bytes: usize,
+        permit: OwnedSemaphorePermit,
+    },
+    /// The peer sent a frame that is over the limit or does not decode; the reader has stopped.
+    Malformed { peer: PeerId, error: String },
+}
+
+/// What writers tell the owner.
+#[derive(Debug)]
+pub(crate) enum WriterNote {
+    /// Our stream to the peer is open and our hello is written.
+    Opened { peer: PeerId, session: u64 },
+    /// The writer stopped.
+    Failed {
+        peer: PeerId,
+        session: u64,
+        failure: WriteFailure,
+    },
+}
+
+/// Why a writer stopped.
+#[derive(Debug)]
+pub(crate) enum WriteFailure {
+    /// The peer does not speak the relay protocol.
+    Unsupported,
+    /// The stream could not be opened (or not in time).
+    Open(String),
+    /// A frame took longer than `FRAME_WRITE_TIMEOUT`: the peer does not read.
+    Stalled,
+    /// The stream failed.
+    Io(String),
+}
+
+impl std::fmt::Display for WriteFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WriteFailure::Unsupported => f.write_str("the peer does not speak the relay protocol"),
+            WriteFailure::Open(why) => write!(f, "cannot open the relay stream: {why}"),
+            WriteFailure::Stalled => {
+                write!(f, "a frame did not leave within {FRAME_WRITE_TIMEOUT:?}")
+            }
+            WriteFailure::Io(why) => write!(f, "relay stream failed: {why}"),
+        }
+    }
+}
+
+/// Accepts inbound relay streams and runs one reader per stream; a peer's newer stream replaces
+/// its older one (an honest peer reopens only after its previous stream died), so at most one
+/// reader per peer lives. Readers end with their stream, or with this task.
+pub(crate) async fn accept_loop(
+    mut incoming: IncomingStreams,
+    to_owner: mpsc::Sender<Inbound>,
+    budget: Arc<Semaphore>,
+) {
+    let mut readers = JoinSet::new();
+    let mut by_peer: HashMap<PeerId, AbortHandle> = HashMap::new();
+    loop {
+        tokio::select! {
+            next = incoming.next() => {
+                let Some((peer, stream)) = next else { return };
+                by_peer.retain(|_, h| !h.is_finished());
+                let reader = readers.spawn(read_loop(peer, stream, to_owner.clone(), budget.clone()));
+                if let Some(old) = by_peer.insert(peer, reader) {
+                    old.abort();
+                }
+            }
+            Some(_) = readers.join_next() => {}
+        }
+    }
+}
+
+async fn read_loop(
+    peer: PeerId,
+    mut stream: Stream,
+    to_owner: mpsc::Sender<Inbound>,
+    budget: Arc<Semaphore>,
+) {
+    let malformed = |error: String| Inbound::Malformed { peer, error };
+    let hello = match read_frame(&mut stream, HELLO_FRAME_SIZE).await {
+        Ok(bytes) => match codec::decode::<RelayHello>(&bytes) {
+            Ok(hello) => hello,
+            Err(e) => {
+                let _ = to_owner.send(malformed(e.to_string())).await;
+                return;
+            }
+        },
+        Err(e @ FrameError::TooLarge { .. }) => {
+            let _ = to_owner.send(malformed(e.to_string())).await;
+            return;
+        }
+        // The stream closed or failed: nothing to blame anyone for.
+        Err(_) => return,
+    };
+    if to_owner
+        .send(Inbound::Opened { peer, hello })
+        .await
+        .is_err()
+    {
+        return;
+    }
+    loop {
+        let frame = match read_frame(&mut stream, MAX_FRAME_SIZE).await {
+            Ok(frame) => frame,
+            Err(e @ FrameError::TooLarge { .. }) => {
+                let _ = to_owner.send(malformed(e.to_string())).await;
+                return;
+            }
+            Err(_) => return,
+        };
+        let bytes = frame.len() + FRAME_HEADER_LEN;
+        let msg = match codec::decode::<RelayMessage>(&frame) {
+            Ok(msg) => msg,
+            Err(e) => {
+                let _ = to_owner.send(malformed(e.to_string())).await;
+                return;
+            }
+        };
+        drop(frame);
+        // A frame is at most MAX_FRAME_SIZE (< INBOUND_BUFFER_BYTES), so it always fits once
+        // earlier messages are handled. Fails only when the owner is gone.
+        let permits = u32::try_from(bytes).unwrap_or(u32::MAX);
+        let Ok(permit) = budget.clone().acquire_many_owned(permits).await else {
+            return;
+        };
+        let message = Inbound::Message {
+            peer,
+            msg: Box::new(msg),
+            bytes,
+            permit,
+        };
+        if to_owner.send(message).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Everything a writer needs.
+pub(crate) struct Writer {
+    pub(crate) peer: PeerId,
+    pub(crate) session: u64,
+    pub(crate) control: Control,
+    pub(crate) protocol: StreamProtocol,
+    /// Our encoded hello.
+    pub(crate) hello: Arc<Vec<u8>>,
+    /// Encoded messages from the owner.
+    pub(crate) frames: mpsc::Receiver<Vec<u8>>,
+    /// Set by the owner when it found `frames` full; the writer then wakes it via `room`.
+    pub(crate) wants_room: Arc<AtomicBool>,
+    pub(crate) room: Arc<Notify>,
+    pub(crate) notes: mpsc::Sender<WriterNote>,
+}
+
+impl Writer {
+    /// Opens the stream, says hello, writes frames until the owner drops its sender; tells the
+    /// owner how it went.
+    pub(crate) async fn run(mut self) {
+        let (peer, session, notes) = (self.peer, self.session, self.notes.clone());
+        if let Err(failure) = self.write_all().await {
+            let _ = notes
+                .send(WriterNote::Failed {
+                    peer,
+                    session,
+                    failure,
+                })
+                .await;
+        }
+    }
+
+    async fn write_all(&mut self) -> Result<(), WriteFailure> {
+        let opened = timeout(
+            STREAM_OPEN_TIMEOUT,
+            self.control.open_stream(self.peer, self.protocol.clone()),
+        )
+        .await;
+        let mut stream = match opened {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(OpenStreamError::UnsupportedProtocol(_))) => {
+                return Err(WriteFailure::Unsupported);
+            }
+            Ok(Err(e)) => return Err(WriteFailure::Open(e.to_string())),
+            Err(_) => {
+                return Err(WriteFailure::Open(format!(
+                    "no stream within {STREAM_OPEN_TIMEOUT:?}"
+                )));
+            }
+        };
+        write(&mut stream, &self.hello, HELLO_FRAME_SIZE).await?;
+        let opened = WriterNote::Opened {
+            peer: self.peer,
+            session: self.session,
+        };
+        if self.notes.send(opened).await.is_err() {
+            return Ok(());
+        }
+        while let Some(frame) = self.frames.recv().await {
+            write(&mut stream, &frame, MAX_FRAME_SIZE).await?;
+            if self.wants_room.swap(false, Ordering::SeqCst) {
+                self.room.notify_one();
+            }
+        }
+        // The owner let go of this peer: close our side cleanly.
+        let _ = stream.close().await;
+        Ok(())
+    }
+}
+
+async fn write(stream: &mut Stream, payload: &[u8], max: MaxFrameSize) -> Result<(), WriteFailure> {
+    match timeout(FRAME_WRITE_TIMEOUT, write_frame(stream, payload, max)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(WriteFailure::Io(e.to_string())),
+        Err(_) => Err(WriteFailure::Stalled),
+    }
+}

@@ -1,0 +1,308 @@
+//! Peers that lie, withhold or never read, built by hand on the raw stream control.
+
+use std::time::Duration;
+
+use futures::future::join_all;
+use playergold_chain::ChainBackend;
+use playergold_net::framing::write_frame;
+use playergold_protocol::Capabilities;
+use playergold_protocol::relay::{Fanout, InvItem, Offence, PropagationConfig, RelayMessage};
+use playergold_protocol::reputation::Reason;
+use playergold_services::RelayServiceEvent;
+use playergold_services::relay::{MAX_FRAME_SIZE, RelayHello};
+
+use crate::support::{
+    Devnet, RawPeer, RelayNode, forged_tx, init_tracing, recv, send, spawn_nodes, tx, wire,
+};
+
+const SETUP: Duration = Duration::from_secs(20);
+const WAIT: Duration = Duration::from_secs(15);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_with_a_bad_signature_reaches_no_second_node_and_costs_its_sender() {
+    init_tracing();
+    let devnet = Devnet::new();
+    let config = PropagationConfig {
+        // Push everything in full, so a relayed forgery would surely travel.
+        gossip_factor: Fanout::Fraction(1.0),
+        ..PropagationConfig::default()
+    };
+    let mut nodes = spawn_nodes(&devnet, 40, 4, &config, Capabilities::NONE).await;
+    wire(&mut nodes, &[(0, 1), (1, 2), (2, 3), (3, 0)], SETUP).await;
+    let mut liar = RawPeer::spawn(&devnet, 45).await;
+    let (mut to_node, _from_node) = liar.connect(&nodes[0]).await;
+    nodes[0].wait_relay_peers(3, SETUP).await;
+
+    let bad = forged_tx(1, 0);
+    let good = tx(2, 0);
+    send(&mut to_node, &RelayMessage::Transactions(vec![bad.clone()])).await;
+    // Sent after the forgery on the same stream: once it is everywhere, the forgery had its
+    // chance to travel first.
+    send(
+        &mut to_node,
+        &RelayMessage::Transactions(vec![good.clone()]),
+    )
+    .await;
+    for node in &mut nodes {
+        let chain = node.chain.clone();
+        let id = good.id();
+        node.wait_until(WAIT, "the valid transaction", || {
+            let chain = chain.clone();
+            async move { chain.mempool_contains(&id) }
+        })
+        .await;
+    }
+    let liar_id = liar.peer_id();
+    for (i, node) in nodes.iter_mut().enumerate() {
+        assert!(
+            !node.chain.mempool_contains(&bad.id()),
+            "node {i} took the forgery"
+        );
+        let events = node.take_events();
+        assert!(
+            !events.iter().any(
+                |e| matches!(e, RelayServiceEvent::NewTransaction { id, .. } if *id == bad.id())
+            ),
+            "node {i} accepted the forgery"
+        );
+        let offence = RelayServiceEvent::Offence {
+            peer: liar_id,
+            reason: Reason::Relay(Offence::InvalidTransaction),
+        };
+        assert_eq!(events.contains(&offence), i == 0, "node {i}: offence");
+        if i > 0 {
+            assert!(
+                !events
+                    .iter()
+                    .any(|e| matches!(e, RelayServiceEvent::Offence { .. })),
+                "node {i} saw an invalid transaction from an honest peer"
+            );
+        }
+    }
+    join_all(nodes.into_iter().map(|n| n.stop())).await;
+    liar.net.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_announcement_is_recovered_from_another_announcer() {
+    init_tracing();
+    let devnet = Devnet::new();
+    let config = PropagationConfig::default();
+    let mut a = RelayNode::spawn(&devnet, 50, config.clone(), Capabilities::NONE).await;
+    // B announces everything (pushes to nobody), so A must request from an announcer.
+    let announce_only = PropagationConfig {
+        gossip_factor: Fanout::Fixed(0),
+        ..config.clone()
+    };
+    let mut b = RelayNode::spawn(&devnet, 51, announce_only, Capabilities::NONE).await;
+    b.connect(&a).await;
+    b.wait_relay_peers(1, SETUP).await;
+    let mut withholder = RawPeer::spawn(&devnet, 52).await;
+    let (mut to_a, mut from_a) = withholder.connect(&a).await;
+    a.wait_relay_peers(2, SETUP).await;
+
+    let t = tx(9, 0);
+    let item = InvItem::Tx(t.id());
+    send(&mut to_a, &RelayMessage::Announce(vec![item])).await;
+    // A asks the first announcer, which will never answer.
+    loop {
+        match recv(&mut from_a, WAIT).await {
+            RelayMessage::Request(items) if items.contains(&item) => break,
+            _ => {}
+        }
+    }
+    // Now B learns the transaction and announces it to A.
+    b.relay
+        .submit_transaction(t.clone())
+        .await
+        .expect("accepted");
+    let timeout = RelayServiceEvent::Offence {
+        peer: withholder.peer_id(),
+        reason: Reason::Relay(Offence::RequestTimeout),
+    };
+    let mut blamed = false;
+    let event = a
+        .wait_event(WAIT, "the transaction", |e| {
+            blamed |= *e == timeout;
+            matches!(e, RelayServiceEvent::NewTransaction { id, .. } if *id == t.id())
+        })
+        .await;
+    assert_eq!(
+        event,
+        RelayServiceEvent::NewTransaction {
+            id: t.id(),
+            from: Some(b.peer_id())
+        }
+    );
+    assert!(
+        blamed,
+        "the withholder is blamed for the timeout before the retry"
+    );
+    let m = a.relay.metrics().await.expect("metrics");
+    assert!(m.engine.retries >= 1, "recovered by a retry: {m:?}");
+    assert!(a.chain.mempool_contains(&t.id()));
+    a.stop().await;
+    b.stop().await;
+    withholder.net.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_never_reads_is_dropped_with_its_queue_bounded() {
+    init_tracing();
+    let devnet = Devnet::new();
+    let limit = 2 * 1024 * 1024;
+    let config = PropagationConfig {
+        max_peer_queue_bytes: limit,
+        ..PropagationConfig::default()
+    };
+    let mut a = RelayNode::spawn(&devnet, 70, config, Capabilities::NONE).await;
+    let mut b = RelayNode::spawn(
+        &devnet,
+        71,
+        PropagationConfig::default(),
+        Capabilities::NONE,
+    )
+    .await;
+    b.connect(&a).await;
+    b.wait_relay_peers(1, SETUP).await;
+
+    // A large block in A's chain, for the sink to ask for again and again.
+    let txs: Vec<_> = (0..4_000u16).map(|i| tx(1_000 + i, 0)).collect();
+    let block = devnet.block_with(&a.chain, txs);
+    let block_bytes = playergold_primitives::codec::encoded_len(&block);
+    let hash = a.relay.propagate_block(block).await.expect("imports");
+
+    let mut sink = RawPeer::spawn(&devnet, 72).await;
+    // Keep A's stream to us open, and never read it.
+    let (mut to_a, _never_read) = sink.connect(&a).await;
+    a.wait_relay_peers(2, SETUP).await;
+    // Ask for ~60 copies: far beyond the transport's windows (~10 MB) plus A's queue bound.
+    let asks = 60;
+    assert!(asks * block_bytes > 10_000_000 + 2 * limit);
+    let sink_id = sink.peer_id();
+    for _ in 0..asks {
+        send(
+            &mut to_a,
+            &RelayMessage::Request(vec![InvItem::Block(hash)]),
+        )
+        .await;
+    }
+    a.wait_event(Duration::from_secs(30), "the sink dropped as slow", |e| {
+        *e == RelayServiceEvent::SlowPeer { peer: sink_id }
+    })
+    .await;
+    sink.wait_disconnected(a.peer_id(), WAIT).await;
+
+    let m = a.relay.metrics().await.expect("metrics");
+    assert_eq!(m.engine.slow_peers, 1);
+    assert!(
+        m.peak_peer_queue_bytes <= limit,
+        "queue reached {} bytes, limit {limit}",
+        m.peak_peer_queue_bytes
+    );
+    assert!(
+        m.peak_peer_queue_bytes >= limit - 2 * block_bytes,
+        "the queue did fill"
+    );
+    assert_eq!(m.peers, 1, "only the honest peer is left");
+
+    // A keeps relaying to its honest peer.
+    let id = a
+        .relay
+        .submit_transaction(tx(5, 0))
+        .await
+        .expect("accepted");
+    let chain = b.chain.clone();
+    b.wait_until(WAIT, "relay goes on", || {
+        let chain = chain.clone();
+        async move { chain.mempool_contains(&id) }
+    })
+    .await;
+    a.stop().await;
+    b.stop().await;
+    sink.net.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_that_does_not_decode_costs_the_sender_its_connection() {
+    init_tracing();
+    let devnet = Devnet::new();
+    let mut a = RelayNode::spawn(
+        &devnet,
+        90,
+        PropagationConfig::default(),
+        Capabilities::NONE,
+    )
+    .await;
+    let mut garbler = RawPeer::spawn(&devnet, 91).await;
+    let (mut to_a, _from_a) = garbler.connect(&a).await;
+    a.wait_relay_peers(1, SETUP).await;
+
+    // A valid frame header and a payload that is no relay message.
+    write_frame(&mut to_a, &[0xff; 64], MAX_FRAME_SIZE)
+        .await
+        .expect("write");
+    let garbler_id = garbler.peer_id();
+    a.wait_event(WAIT, "the offence", |e| {
+        *e == RelayServiceEvent::Offence {
+            peer: garbler_id,
+            reason: Reason::MalformedFrame,
+        }
+    })
+    .await;
+    garbler.wait_disconnected(a.peer_id(), WAIT).await;
+    let m = a.relay.metrics().await.expect("metrics");
+    assert_eq!(m.malformed_frames, 1);
+    assert_eq!(m.peers, 0);
+
+    // A frame announcing more than the limit is refused from its header alone.
+    let mut liar = RawPeer::spawn(&devnet, 92).await;
+    let (mut to_a, _from_a) = liar.connect(&a).await;
+    a.wait_relay_peers(1, SETUP).await;
+    let too_long = (MAX_FRAME_SIZE.bytes() + 1).to_be_bytes();
+    futures::AsyncWriteExt::write_all(&mut to_a, &too_long)
+        .await
+        .expect("write");
+    futures::AsyncWriteExt::flush(&mut to_a)
+        .await
+        .expect("flush");
+    liar.wait_disconnected(a.peer_id(), WAIT).await;
+    assert_eq!(
+        a.relay.metrics().await.expect("metrics").malformed_frames,
+        2
+    );
+    a.stop().await;
+    garbler.net.stop().await;
+    liar.net.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_on_another_genesis_is_disconnected_without_penalty() {
+    init_tracing();
+    let devnet = Devnet::new();
+    let mut a = RelayNode::spawn(
+        &devnet,
+        93,
+        PropagationConfig::default(),
+        Capabilities::NONE,
+    )
+    .await;
+    let mut stranger = RawPeer::spawn(&devnet, 94).await;
+    let other = RelayHello {
+        genesis: playergold_primitives::BlockHash([9; 32]),
+        capabilities: Capabilities::NONE,
+    };
+    assert_ne!(other.genesis, devnet.genesis.hash());
+    let (a_id, _ours) = stranger.open(&a, other).await;
+    stranger.wait_disconnected(a_id, WAIT).await;
+    let events = a.take_events();
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, RelayServiceEvent::Offence { .. })),
+        "{events:?}"
+    );
+    assert_eq!(a.relay.metrics().await.expect("metrics").peers, 0);
+    a.stop().await;
+    stranger.net.stop().await;
+}
