@@ -55,6 +55,19 @@ pub trait ChainBackend: Send + Sync + 'static {
     fn import_blocks(&self, blocks: Vec<Block>, now: TimestampMs) -> BatchImport;
     /// Validates and adds a transaction to the mempool.
     fn submit_transaction(&self, tx: Transaction, now: TimestampMs) -> Result<TxId, MempoolError>;
+    /// Validates and adds transactions to the mempool, with the same checks and errors as
+    /// [`submit_transaction`](Self::submit_transaction) on each in order (a second copy of an id
+    /// is `AlreadyKnown`). One result per transaction, in order. Implementations may check
+    /// signatures in parallel, outside their locks.
+    fn submit_transactions(
+        &self,
+        txs: Vec<Transaction>,
+        now: TimestampMs,
+    ) -> Vec<Result<TxId, MempoolError>> {
+        txs.into_iter()
+            .map(|tx| self.submit_transaction(tx, now))
+            .collect()
+    }
     /// A mempool transaction.
     fn mempool_get(&self, id: &TxId) -> Option<Transaction>;
     /// Whether a transaction is in the mempool.

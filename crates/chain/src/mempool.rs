@@ -127,18 +127,24 @@ impl Mempool {
         if self.txs.contains_key(&id) {
             return Err(MempoolError::AlreadyKnown(id));
         }
-        let bytes = tx.encoded_len();
-        if bytes > playergold_primitives::MAX_TX_BYTES {
-            return Err(MempoolError::TooLarge(bytes));
-        }
-        if tx.timestamp_ms.0 > now.0.saturating_add(MAX_TX_FUTURE_MS) {
-            return Err(MempoolError::FromTheFuture {
-                ts: tx.timestamp_ms,
-                now,
-            });
-        }
+        let bytes = check_form(&tx, now)?;
         if tx.verify().is_err() {
             return Err(MempoolError::BadSignature(id));
+        }
+        self.insert_verified(id, tx, bytes)
+    }
+
+    /// Inserts a transaction that passed [`check_form`] and whose signature was verified by
+    /// `Transaction::verify` (the batched path of `Blockchain::submit_transactions`, which checks
+    /// outside the chain lock). Refuses a duplicate as [`Mempool::insert`] does.
+    pub(crate) fn insert_checked(
+        &mut self,
+        id: TxId,
+        tx: Transaction,
+        bytes: usize,
+    ) -> Result<Vec<TxId>, MempoolError> {
+        if self.txs.contains_key(&id) {
+            return Err(MempoolError::AlreadyKnown(id));
         }
         self.insert_verified(id, tx, bytes)
     }
@@ -221,6 +227,22 @@ impl Mempool {
     pub fn ids(&self) -> impl Iterator<Item = &TxId> {
         self.txs.keys()
     }
+}
+
+/// The checks of [`Mempool::insert`] that need neither the pool nor the signature: size and
+/// timestamp. Returns the encoded size.
+pub(crate) fn check_form(tx: &Transaction, now: TimestampMs) -> Result<usize, MempoolError> {
+    let bytes = tx.encoded_len();
+    if bytes > playergold_primitives::MAX_TX_BYTES {
+        return Err(MempoolError::TooLarge(bytes));
+    }
+    if tx.timestamp_ms.0 > now.0.saturating_add(MAX_TX_FUTURE_MS) {
+        return Err(MempoolError::FromTheFuture {
+            ts: tx.timestamp_ms,
+            now,
+        });
+    }
+    Ok(bytes)
 }
 
 #[cfg(test)]

@@ -81,6 +81,28 @@ fn config(i: usize, bootstrap: &[&TestNode]) -> NetworkConfig {
     cfg
 }
 
+/// CPU time this process has used (user + system), from `/proc/self/stat` (Linux reports it
+/// in ticks of 1/100 s).
+fn cpu_time() -> Duration {
+    let ticks = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            // Fields after the parenthesised command name; utime and stime are 14th and 15th.
+            let rest = s.rsplit_once(')')?.1.split_whitespace().collect::<Vec<_>>();
+            let utime: u64 = rest.get(11)?.parse().ok()?;
+            let stime: u64 = rest.get(12)?.parse().ok()?;
+            Some(utime + stime)
+        })
+        .unwrap_or(0);
+    Duration::from_millis(ticks * 10)
+}
+
+/// Share of all cores busy: `cpu` used over `wall`.
+fn load(cpu: Duration, wall: Duration) -> f64 {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    cpu.as_secs_f64() / wall.as_secs_f64().max(f64::EPSILON) / cores
+}
+
 fn outbound(peers: &[PeerInfo]) -> usize {
     peers
         .iter()
@@ -148,20 +170,17 @@ async fn main() -> Result<(), BoxError> {
         .step_by((args.nodes / LOOKUP_ORIGINS).max(1))
         .take(LOOKUP_ORIGINS)
         .collect();
+    let (cpu_s, wall_s) = (cpu_time(), Instant::now());
     tokio::time::sleep(SETTLE).await;
+    let idle_load = load(cpu_time() - cpu_s, wall_s.elapsed());
     let mut tables = Vec::with_capacity(nodes.len());
     for node in &nodes {
         tables.push(node.handle.dht_status().await?.routing_table);
     }
     tables.sort_unstable();
-    eprintln!(
-        "routing tables after settling: min {} median {} max {}",
-        tables[0],
-        tables[tables.len() / 2],
-        tables[tables.len() - 1]
-    );
     let mut find_node = Vec::with_capacity(args.lookups);
     let budget = Instant::now() + LOOKUP_BUDGET;
+    let (cpu0, wall0) = (cpu_time(), Instant::now());
     let mut found_sizes = Vec::with_capacity(args.lookups);
     for k in 0..args.lookups {
         if Instant::now() >= budget {
@@ -173,6 +192,7 @@ async fn main() -> Result<(), BoxError> {
         find_node.push(t.elapsed());
         found_sizes.push(peers.len());
     }
+    let (cpu1, wall1) = (cpu_time(), Instant::now());
     let mut providers = Vec::with_capacity(args.lookups);
     let (mut ai_found, mut ai_expected) = (0, 0);
     let budget = Instant::now() + LOOKUP_BUDGET;
@@ -207,7 +227,17 @@ async fn main() -> Result<(), BoxError> {
         .wait_peers(JOIN_TIMEOUT, |p| outbound(p) >= min_peers)
         .await?;
     let to_outbound = join_started.elapsed();
-    let routing = fresh.handle.dht_status().await?.routing_table;
+    // Its routing table fills as identify messages arrive; wait on events until it holds
+    // `min_peers` entries.
+    let mut events = fresh.handle.subscribe();
+    let deadline = tokio::time::Instant::now() + JOIN_TIMEOUT;
+    while fresh.handle.dht_status().await?.routing_table < min_peers {
+        tokio::time::timeout_at(deadline, events.recv())
+            .await
+            .map_err(|_| "the fresh node's routing table did not fill")?
+            .map_err(|e| format!("events: {e}"))?;
+    }
+    let to_table = join_started.elapsed();
 
     let avg = |v: &[usize]| v.iter().sum::<usize>() as f64 / v.len().max(1) as f64;
     println!();
@@ -236,25 +266,28 @@ async fn main() -> Result<(), BoxError> {
         &mut providers,
         &format!("{ai_found}/{ai_expected} AI nodes found"),
     );
+    for (what, took) in [
+        (format!("fresh node to {min_peers} peers"), to_min),
+        (format!("fresh node to {min_peers} outbound"), to_outbound),
+        (format!("fresh node DHT table >= {min_peers}"), to_table),
+    ] {
+        println!(
+            "| {what:<28} | {:>5} | {took:>9.1?} | {:>9} | {:>9} | {:<22} |",
+            1, "", "", "one bootstrap address"
+        );
+    }
     println!(
-        "| {:<28} | {:>5} | {:>9.1?} | {:>9} | {:>9} | {:<22} |",
-        format!("fresh node to {min_peers} peers"),
-        1,
-        to_min,
-        "",
-        "",
-        format!("{routing} in its DHT table")
-    );
-    println!(
-        "| {:<28} | {:>5} | {:>9.1?} | {:>9} | {:>9} | {:<22} |",
-        format!("fresh node to {min_peers} outbound"),
-        1,
-        to_outbound,
-        "",
-        "",
-        "one bootstrap address"
+        "routing tables after settling: min {} / median {} / max {} peers",
+        tables[0],
+        tables[tables.len() / 2],
+        tables[tables.len() - 1]
     );
     println!("network formation: {formed:.1?} ({spawned:.1?} to start the nodes)");
+    println!(
+        "CPU busy: {:.0}% while idle after settling, {:.0}% during the FIND_NODE lookups (of all cores)",
+        idle_load * 100.0,
+        load(cpu1 - cpu0, wall1 - wall0) * 100.0
+    );
 
     fresh.stop().await;
     for node in nodes {

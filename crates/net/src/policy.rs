@@ -11,7 +11,8 @@
 //! - Persistent peers are always redialled and never evicted; outbound peers are never evicted.
 //! - Connections we asked for (our dials, manual connects, persistent peers) and inbound ones
 //!   are kept alive by the adapter; outbound connections we did not ask for (a DHT lookup dialled
-//!   the peer to query it) close once idle for [`DISCOVERY_CONNECTION_GRACE`], unless the
+//!   the peer to query it) close once idle for [`DISCOVERY_CONNECTION_GRACE`] (at the latest
+//!   once [`DISCOVERY_CONNECTION_MAX_AGE`] old), unless the
 //!   manager adopts them ([`Action::Keep`]): below the outbound target, or the AI quota, an
 //!   existing connection is adopted before anything new is dialled. Only adopted outbound
 //!   peers count towards the outbound target.
@@ -80,6 +81,11 @@ pub const DISCOVERY_CONNECTION_GRACE: Duration = Duration::from_secs(5);
 /// connections; evicting a real peer for each would churn the whole network. Sixteen covers the
 /// lookups of several nodes at once, and a flood beyond it evicts at once as before.
 pub const PROBATION_SLOTS: usize = 16;
+
+/// Age at which an outbound connection we did not ask for (nor adopt) is closed even if it is
+/// not idle: Kademlia is done with it long before (its lookups time out after 30 s), and a
+/// remote that opened streams on it must not turn a lookup into a permanent peer.
+pub const DISCOVERY_CONNECTION_MAX_AGE: Duration = Duration::from_secs(60);
 
 /// How long a connection may hold a probation slot before the manager evicts someone (maybe
 /// it) to get back within the inbound slots: a lookup's connection closes
@@ -178,7 +184,17 @@ pub enum Refusal {
     /// The connection is to ourselves.
     #[error("connection to self")]
     SelfConnection,
+    /// The peer is banned (by its reputation or by the operator).
+    #[error("peer {0} is banned")]
+    BannedPeer(PeerId),
+    /// The IP address is banned (too many banned peers came from it).
+    #[error("address {0} is banned")]
+    BannedIp(IpAddr),
 }
+
+/// Most peers and IP addresses banned at once (each entry is a few dozen bytes). The
+/// reputation table keeps at most as many bans, so this never refuses one it decided.
+pub const MAX_BANNED: usize = 16_384;
 
 /// Why the manager wants a peer gone.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -194,6 +210,9 @@ pub enum DisconnectReason {
     WrongNetwork,
     /// Now on a deny list.
     Denied,
+    /// A connection a DHT lookup opened outlived [`DISCOVERY_CONNECTION_MAX_AGE`] without
+    /// being adopted.
+    Unrequested,
 }
 
 /// What the adapter must do.
@@ -397,6 +416,8 @@ pub struct ConnectionManager {
     allow_cidrs: Vec<IpNet>,
     deny_peers: HashSet<PeerId>,
     deny_cidrs: Vec<IpNet>,
+    banned: HashSet<PeerId>,
+    banned_ips: HashSet<IpAddr>,
     persistent: HashSet<PeerId>,
     backoff: BackoffConfig,
     addr_request_interval: Duration,
@@ -447,6 +468,8 @@ impl ConnectionManager {
             allow_cidrs: config.allow_cidrs.clone(),
             deny_peers: config.deny_peers.iter().copied().collect(),
             deny_cidrs: config.deny_cidrs.clone(),
+            banned: HashSet::new(),
+            banned_ips: HashSet::new(),
             persistent,
             backoff: config.backoff,
             addr_request_interval: config.addr_request_interval,
@@ -536,8 +559,14 @@ impl ConnectionManager {
         if self.deny_peers.contains(&peer) {
             return Err(Refusal::DeniedPeer(peer));
         }
+        if self.banned.contains(&peer) {
+            return Err(Refusal::BannedPeer(peer));
+        }
         if let Some(ip) = ip.filter(|ip| self.ip_denied(*ip)) {
             return Err(Refusal::DeniedIp(ip));
+        }
+        if let Some(ip) = ip.filter(|ip| self.banned_ips.contains(ip)) {
+            return Err(Refusal::BannedIp(ip));
         }
         let restricted = !self.allow_peers.is_empty() || !self.allow_cidrs.is_empty();
         let allowed = self.allow_peers.contains(&peer)
@@ -627,27 +656,20 @@ impl ConnectionManager {
         }])
     }
 
-    /// Evicts inbound peers while more are connected than the inbound slots and the youngest
-    /// of the excess has been connected for [`PROBATION_PERIOD`]: a connection that stays is a
-    /// peer, and the eviction algorithm decides who makes room.
+    /// Evicts inbound peers while more of those connected for at least [`PROBATION_PERIOD`]
+    /// than the inbound slots: a connection that stays is a peer and must fit, and the eviction
+    /// algorithm decides who makes room. Younger connections (lookups) do not count.
     fn settle_inbound(&mut self, now: Instant, actions: &mut Vec<Action>) {
-        let mut inbound: Vec<Instant> = self
+        let settled = self
             .peers
             .values()
-            .filter(|s| s.direction == Direction::Inbound && !s.evicting)
-            .map(|s| s.connected_at)
-            .collect();
-        let over = inbound.len().saturating_sub(self.inbound_slots);
-        if over == 0 {
-            return;
-        }
-        inbound.sort_by(|a, b| b.cmp(a));
-        let settled = inbound
-            .iter()
-            .take(over)
-            .filter(|t| now.saturating_duration_since(**t) >= PROBATION_PERIOD)
+            .filter(|s| {
+                s.direction == Direction::Inbound
+                    && !s.evicting
+                    && now.saturating_duration_since(s.connected_at) >= PROBATION_PERIOD
+            })
             .count();
-        for _ in 0..settled {
+        for _ in 0..settled.saturating_sub(self.inbound_slots) {
             let Some(victim) = self.pick_victim() else {
                 break;
             };
@@ -727,7 +749,12 @@ impl ConnectionManager {
         if self.deny_peers.contains(&peer) {
             return Err(Refusal::DeniedPeer(peer));
         }
-        let denied_ip = |a: &Multiaddr| ip_of(a).filter(|ip| self.ip_denied(*ip));
+        if self.banned.contains(&peer) {
+            return Err(Refusal::BannedPeer(peer));
+        }
+        let denied_ip = |a: &Multiaddr| {
+            ip_of(a).filter(|ip| self.ip_denied(*ip) || self.banned_ips.contains(ip))
+        };
         // `Some` only when every address is denied; then refuse with the first one.
         match addrs
             .iter()
@@ -1013,6 +1040,7 @@ impl ConnectionManager {
             }
         }
         self.adopt(&mut actions);
+        self.close_stale_lookup_connections(now, &mut actions);
         self.settle_inbound(now, &mut actions);
 
         let outbound = self.kept_outbound();
@@ -1152,6 +1180,25 @@ impl ConnectionManager {
         actions
     }
 
+    /// Closes outbound connections we did not ask for (and did not adopt) once they are
+    /// [`DISCOVERY_CONNECTION_MAX_AGE`] old: normally they close when idle, but a remote's
+    /// services may hold streams on one and keep it open for good.
+    fn close_stale_lookup_connections(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        for (peer, state) in &mut self.peers {
+            if state.direction == Direction::Outbound
+                && !state.requested
+                && !state.evicting
+                && now.saturating_duration_since(state.connected_at) >= DISCOVERY_CONNECTION_MAX_AGE
+            {
+                state.evicting = true;
+                actions.push(Action::Disconnect {
+                    peer: *peer,
+                    reason: DisconnectReason::Unrequested,
+                });
+            }
+        }
+    }
+
     /// Kept AI-capable peers: inbound ones and outbound ones we asked for. Whoever dialled
     /// counts: a duplicate connection keeps only one direction, so two nodes that both want each
     /// other would never both see it outbound.
@@ -1210,6 +1257,51 @@ impl ConnectionManager {
     /// Forgets a peer's addresses (it belongs to another network, or lied about itself).
     pub fn forget(&mut self, peer: &PeerId) {
         self.book.remove(peer);
+    }
+
+    /// Bans a peer until [`ConnectionManager::unban`] (the reputation layer owns the expiry):
+    /// it is refused at the handshake and never dialled. Returns the disconnect to carry out if
+    /// it is connected. Persistent peers cannot be banned; at [`MAX_BANNED`] bans the new one is
+    /// refused (`false`).
+    pub fn ban(&mut self, peer: PeerId) -> (bool, Vec<Action>) {
+        if self.persistent.contains(&peer)
+            || (!self.banned.contains(&peer) && self.banned.len() >= MAX_BANNED)
+        {
+            return (false, Vec::new());
+        }
+        self.banned.insert(peer);
+        let actions = if self.peers.contains_key(&peer) {
+            vec![Action::Disconnect {
+                peer,
+                reason: DisconnectReason::Denied,
+            }]
+        } else {
+            Vec::new()
+        };
+        (true, actions)
+    }
+
+    /// Lifts a ban; `false` if the peer was not banned.
+    pub fn unban(&mut self, peer: &PeerId) -> bool {
+        self.banned.remove(peer)
+    }
+
+    /// Bans an IP address until [`ConnectionManager::unban_ip`]; `false` at [`MAX_BANNED`].
+    pub fn ban_ip(&mut self, ip: IpAddr) -> bool {
+        if !self.banned_ips.contains(&ip) && self.banned_ips.len() >= MAX_BANNED {
+            return false;
+        }
+        self.banned_ips.insert(ip)
+    }
+
+    /// Lifts an IP ban.
+    pub fn unban_ip(&mut self, ip: &IpAddr) -> bool {
+        self.banned_ips.remove(ip)
+    }
+
+    /// Whether `peer` is banned.
+    pub fn is_banned(&self, peer: &PeerId) -> bool {
+        self.banned.contains(peer)
     }
 
     /// Adds a peer to the deny list and returns the disconnect to carry out if it is connected.
@@ -1530,6 +1622,23 @@ mod tests {
         // At most three quarters are protected: of four lone peers, the youngest goes.
         assert_eq!(select_eviction_victim(&cands[..4]), Some(cands[3].peer));
         assert_eq!(select_eviction_victim(&[]), None);
+    }
+
+    #[test]
+    fn banned_peers_and_ips_are_refused_until_unbanned() {
+        let cfg = config(0, 50, 0);
+        let mut m = ConnectionManager::new(PeerId::random(), &cfg, AddressBook::new());
+        let peer = PeerId::random();
+        let ip: IpAddr = Ipv4Addr::new(203, 0, 113, 9).into();
+        assert_eq!(m.ban(peer), (true, Vec::new()));
+        assert_eq!(m.check_dial(peer, &[]), Err(Refusal::BannedPeer(peer)));
+        assert!(m.unban(&peer));
+        assert!(m.check_dial(peer, &[]).is_ok());
+        assert!(m.ban_ip(ip));
+        let other = PeerId::random();
+        assert_eq!(m.check_access(other, Some(ip)), Err(Refusal::BannedIp(ip)));
+        assert!(m.unban_ip(&ip));
+        assert!(m.check_access(other, Some(ip)).is_ok());
     }
 
     #[test]
@@ -1889,6 +1998,15 @@ mod tests {
             .add_addresses(lookup[1], vec![ip_addr(10, 6, 0, 1)], AddrSource::Dht);
         h.close_peer(lookup[1]);
         assert_eq!(h.mgr.book().get(&lookup[1]).expect("known").failures.0, 0);
+        // One that something keeps busy is closed at its maximum age; the adopted one stays.
+        let actions = h.mgr.poll(h.clock.advance(DISCOVERY_CONNECTION_MAX_AGE));
+        assert_eq!(
+            actions,
+            vec![Action::Disconnect {
+                peer: lookup[2],
+                reason: DisconnectReason::Unrequested,
+            }]
+        );
     }
 
     #[test]

@@ -223,6 +223,19 @@ enum Command {
     MarkUseful {
         peer: PeerId,
     },
+    Ban {
+        peer: PeerId,
+        reply: oneshot::Sender<bool>,
+    },
+    Unban {
+        peer: PeerId,
+        reply: oneshot::Sender<bool>,
+    },
+    BanIp {
+        ip: std::net::IpAddr,
+        ban: bool,
+        reply: oneshot::Sender<bool>,
+    },
     FindPeersWith {
         capability: Capabilities,
         reply: FindReply,
@@ -366,6 +379,24 @@ impl NetworkHandle {
     /// connected: open streams only to peers from [`NetworkEvent::PeerConnected`].
     pub fn streams(&self) -> libp2p_stream::Control {
         self.streams.clone()
+    }
+
+    /// Bans `peer` until [`NetworkHandle::unban`]: its connections close, it is refused at the
+    /// handshake and never dialled. The caller (the reputation service) owns the expiry and the
+    /// persistence. `false` when refused (a persistent peer, or the ban table is full).
+    pub async fn ban(&self, peer: PeerId) -> Result<bool, NetworkError> {
+        self.request(|reply| Command::Ban { peer, reply }).await
+    }
+
+    /// Lifts a ban; `false` if the peer was not banned.
+    pub async fn unban(&self, peer: PeerId) -> Result<bool, NetworkError> {
+        self.request(|reply| Command::Unban { peer, reply }).await
+    }
+
+    /// Bans (`ban = true`) or unbans an IP address: connections from it are refused.
+    pub async fn ban_ip(&self, ip: std::net::IpAddr, ban: bool) -> Result<bool, NetworkError> {
+        self.request(|reply| Command::BanIp { ip, ban, reply })
+            .await
     }
 
     /// Subscribes to network events.
@@ -798,6 +829,25 @@ impl Service {
                 .gate
                 .manager_mut()
                 .set_score(peer, score),
+            Command::Ban { peer, reply } => {
+                let gate = &mut self.swarm.behaviour_mut().gate;
+                let (banned, actions) = gate.manager_mut().ban(peer);
+                gate.apply(actions);
+                let _ = reply.send(banned);
+            }
+            Command::Unban { peer, reply } => {
+                let lifted = self.swarm.behaviour_mut().gate.manager_mut().unban(&peer);
+                let _ = reply.send(lifted);
+            }
+            Command::BanIp { ip, ban, reply } => {
+                let manager = self.swarm.behaviour_mut().gate.manager_mut();
+                let changed = if ban {
+                    manager.ban_ip(ip)
+                } else {
+                    manager.unban_ip(&ip)
+                };
+                let _ = reply.send(changed);
+            }
             Command::MarkUseful { peer } => {
                 self.swarm
                     .behaviour_mut()
@@ -1121,29 +1171,8 @@ impl Service {
                 tracing::info!(mode = %new_mode, "DHT mode changed");
             }
             kad::Event::OutboundQueryProgressed {
-                id,
-                result,
-                step,
-                stats,
+                id, result, step, ..
             } => {
-                if step.last {
-                    let kind = match &result {
-                        QueryResult::Bootstrap(_) => "bootstrap",
-                        QueryResult::GetClosestPeers(_) => "closest",
-                        QueryResult::GetProviders(_) => "providers",
-                        QueryResult::StartProviding(_) => "provide",
-                        _ => "other",
-                    };
-                    let lk = match self.lookups.get(&id) {
-                        Some(Lookup::Walk) => "walk",
-                        Some(Lookup::Quota { .. }) => "quota",
-                        Some(Lookup::Resolve { .. }) => "resolve",
-                        Some(Lookup::Find { .. }) => "find",
-                        Some(Lookup::Closest { .. }) => "closestcall",
-                        None => "none",
-                    };
-                    tracing::debug!(kind, lk, requests = stats.num_requests(), ok = stats.num_successes(), fail = stats.num_failures(), dur = ?stats.duration(), "TMPDBG query");
-                }
                 self.on_query_result(id, result);
                 if step.last {
                     self.finish_lookup(id);

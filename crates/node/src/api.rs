@@ -10,6 +10,8 @@
 //!  GET  /api/v1/peers                 [PeerView]: connected peers
 //!  POST /api/v1/peers {"addr": MA}    dial MA (with /p2p/<id> to authenticate it) ──► PeerView
 //!  DELETE /api/v1/peers/{peer_id}     disconnect
+//!  GET  /api/v1/bans                  [BanView]; POST {"peer_id", "duration_secs"} bans
+//!  DELETE /api/v1/bans/{peer_id}      lifts a ban
 //!  GET  /api/v1/devnet                the devnet's nodes and links (when run by `devnet`)
 //!  GET  /                             the live dashboard (embedded HTML, no CDN)
 //!  GET  /metrics                      Prometheus text
@@ -39,7 +41,7 @@ use tokio::sync::watch;
 
 use playergold_net::{Direction, Multiaddr, NetworkError, NetworkHandle, PeerId, PeerInfo};
 use playergold_protocol::relay::TxVerdict;
-use playergold_services::{RelayError, RelayHandle, SyncHandle};
+use playergold_services::{RelayError, RelayHandle, ReputationError, ReputationHandle, SyncHandle};
 
 use crate::metrics::{ChainGauges, NodeMetrics};
 
@@ -64,6 +66,8 @@ pub(crate) struct ApiState {
     pub(crate) relay: RelayHandle,
     /// Sync: progress and the network state.
     pub(crate) sync: SyncHandle,
+    /// Peer scores and bans.
+    pub(crate) reputation: ReputationHandle,
     /// `devnet.json` of the devnet this node belongs to, if any.
     pub(crate) devnet_file: Option<std::path::PathBuf>,
     /// The node's metrics.
@@ -103,6 +107,8 @@ fn router(state: Arc<ApiState>) -> Router {
             "/api/v1/peers/{peer_id}",
             axum::routing::delete(disconnect_peer),
         )
+        .route("/api/v1/bans", get(bans).post(ban))
+        .route("/api/v1/bans/{peer_id}", axum::routing::delete(unban))
         .fallback(|| async { ApiError::NotFound("no such endpoint".to_string()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -142,6 +148,9 @@ enum ApiError {
     /// The relay refused the transaction or has stopped.
     #[error(transparent)]
     Relay(#[from] RelayError),
+    /// The reputation service has stopped.
+    #[error(transparent)]
+    Reputation(#[from] ReputationError),
 }
 
 impl ApiError {
@@ -178,6 +187,7 @@ impl ApiError {
                 _ => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_transaction"),
             },
             ApiError::Relay(_) => (StatusCode::SERVICE_UNAVAILABLE, "relay_unavailable"),
+            ApiError::Reputation(_) => (StatusCode::SERVICE_UNAVAILABLE, "reputation_unavailable"),
         }
     }
 }
@@ -426,6 +436,92 @@ async fn peers(State(state): State<Arc<ApiState>>) -> Result<Json<Vec<PeerView>>
     let mut peers = state.network.peers().await?;
     peers.sort_by_key(|p| p.peer);
     Ok(Json(peers.into_iter().map(PeerView::from).collect()))
+}
+
+/// One ban in `GET /api/v1/bans`.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct BanView {
+    /// The banned peer.
+    pub(crate) peer_id: String,
+    /// When the ban ends (Unix milliseconds).
+    pub(crate) until_ms: u64,
+    /// How many times this peer was banned.
+    pub(crate) count: u32,
+}
+
+/// `POST /api/v1/bans`.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct BanRequest {
+    /// The peer to ban.
+    pub(crate) peer_id: String,
+    /// How long, in seconds (default one day).
+    #[serde(default = "default_ban_secs")]
+    pub(crate) duration_secs: u64,
+}
+
+/// A manual ban lasts a day unless the operator says otherwise.
+fn default_ban_secs() -> u64 {
+    24 * 60 * 60
+}
+
+fn parse_peer(peer_id: &str) -> Result<PeerId, ApiError> {
+    peer_id
+        .parse()
+        .map_err(|_| ApiError::BadRequest(format!("{peer_id:?} is not a peer id")))
+}
+
+async fn bans(State(state): State<Arc<ApiState>>) -> Result<Json<Vec<BanView>>, ApiError> {
+    Ok(Json(
+        state
+            .reputation
+            .bans()
+            .await?
+            .into_iter()
+            .map(|b| BanView {
+                peer_id: b.peer.to_string(),
+                until_ms: b.until.0,
+                count: b.count,
+            })
+            .collect(),
+    ))
+}
+
+async fn ban(
+    State(state): State<Arc<ApiState>>,
+    body: Result<Json<BanRequest>, JsonRejection>,
+) -> Result<Json<BanView>, ApiError> {
+    let Json(req) = body?;
+    let peer = parse_peer(&req.peer_id)?;
+    let until = state
+        .reputation
+        .ban(peer, std::time::Duration::from_secs(req.duration_secs))
+        .await?;
+    let count = state
+        .reputation
+        .bans()
+        .await?
+        .into_iter()
+        .find(|b| b.peer == peer)
+        .map_or(1, |b| b.count);
+    Ok(Json(BanView {
+        peer_id: peer.to_string(),
+        until_ms: until.0,
+        count,
+    }))
+}
+
+async fn unban(
+    State(state): State<Arc<ApiState>>,
+    Path(peer_id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let peer = parse_peer(&peer_id)?;
+    if state.reputation.unban(peer).await? {
+        Ok(Json(
+            serde_json::json!({ "peer_id": peer.to_string(), "unbanned": true }),
+        ))
+    } else {
+        Err(ApiError::NotFound(format!("peer {peer} is not banned")))
+    }
 }
 
 /// `POST /api/v1/peers`.

@@ -12,7 +12,7 @@ use playergold_primitives::{Address, Amount, Keypair, Nonce, TimestampMs, Unsign
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::api::{ErrorBody, PeerView, StatusResponse, SubmitResponse};
+use crate::api::{BanView, ErrorBody, PeerView, StatusResponse, SubmitResponse};
 use crate::config::DEFAULT_API;
 use crate::keyfile;
 
@@ -95,6 +95,58 @@ pub(crate) fn peers(args: ApiArgs) -> anyhow::Result<()> {
             p.capabilities.join(",")
         );
     }
+    Ok(())
+}
+
+/// Arguments of `playergold ban`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct BanArgs {
+    #[command(flatten)]
+    api: ApiArgs,
+    /// The peer to ban (its PeerId).
+    peer: String,
+    /// How long, in seconds.
+    #[arg(long, default_value_t = 24 * 60 * 60)]
+    duration_secs: u64,
+}
+
+/// Arguments of `playergold unban`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct UnbanArgs {
+    #[command(flatten)]
+    api: ApiArgs,
+    /// The peer whose ban to lift.
+    peer: String,
+}
+
+/// `playergold ban`: the node disconnects the peer and refuses it until the ban ends, also
+/// across restarts.
+pub(crate) fn ban(args: BanArgs) -> anyhow::Result<()> {
+    let body = serde_json::json!({ "peer_id": args.peer, "duration_secs": args.duration_secs });
+    let ban: BanView = block_on(call(
+        &args.api.api,
+        Method::POST,
+        "/api/v1/bans",
+        Some(body.to_string()),
+    ))?;
+    if args.api.json {
+        return print_json(&ban);
+    }
+    println!(
+        "banned {} until {} (ban number {})",
+        ban.peer_id, ban.until_ms, ban.count
+    );
+    Ok(())
+}
+
+/// `playergold unban`.
+pub(crate) fn unban(args: UnbanArgs) -> anyhow::Result<()> {
+    let path = format!("/api/v1/bans/{}", args.peer);
+    let out: serde_json::Value = block_on(call(&args.api.api, Method::DELETE, &path, None))?;
+    if args.api.json {
+        return print_json(&out);
+    }
+    println!("unbanned {}", args.peer);
     Ok(())
 }
 

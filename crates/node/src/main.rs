@@ -64,6 +64,10 @@ enum Command {
     Status(client::ApiArgs),
     /// List a running node's peers (through its HTTP API).
     Peers(client::ApiArgs),
+    /// Ban a peer on a running node (persists across restarts).
+    Ban(client::BanArgs),
+    /// Lift a ban on a running node.
+    Unban(client::UnbanArgs),
     /// Transactions.
     Tx {
         #[command(subcommand)]
@@ -199,6 +203,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         },
         Command::Status(args) => client::status(args),
         Command::Peers(args) => client::peers(args),
+        Command::Ban(args) => client::ban(args),
+        Command::Unban(args) => client::unban(args),
         Command::Devnet(args) => devnet::run(args),
         Command::Tx {
             command: TxCommand::Send(args),

@@ -17,10 +17,13 @@ use playergold_primitives::{
     Address, Amount, Genesis, Keypair, MAX_BLOCK_TXS, Nonce, TimestampMs, UnsignedTransaction,
 };
 use playergold_protocol::relay::PropagationConfig;
+use playergold_protocol::reputation::{Reason, ReputationConfig};
 use playergold_services::{
-    RelayError, RelayHandle, RelayService, SyncHandle, SyncService, SyncServiceConfig,
+    RelayError, RelayHandle, RelayService, RelayServiceEvent, ReputationHandle, ReputationService,
+    SyncEvent, SyncHandle, SyncService, SyncServiceConfig,
 };
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::broadcast;
 use tokio::sync::watch;
 
 use crate::api::{self, ApiState};
@@ -111,6 +114,13 @@ pub(crate) fn run(args: NodeArgs) -> anyhow::Result<()> {
         }
         let metrics = Arc::new(metrics);
         let capabilities = network::capabilities(&config);
+        let (reputation, reputation_task) = ReputationService::start(
+            net.clone(),
+            chain.clone(),
+            ReputationConfig::default(),
+            Vec::new(),
+        )
+        .await;
         let (relay, relay_task) = RelayService::start(
             net.clone(),
             chain.clone(),
@@ -131,6 +141,11 @@ pub(crate) fn run(args: NodeArgs) -> anyhow::Result<()> {
             Some(relay.subscribe()),
         )
         .context("starting sync")?;
+        let reports = tokio::spawn(forward_reports(
+            relay.subscribe(),
+            sync.subscribe(),
+            reputation.clone(),
+        ));
         let (stop_tx, stop_rx) = watch::channel(false);
         let stop = stop_requested(args.seconds)?;
         let listener = api::bind(config.api).await?;
@@ -143,6 +158,7 @@ pub(crate) fn run(args: NodeArgs) -> anyhow::Result<()> {
                 network: net.clone(),
                 relay: relay.clone(),
                 sync: sync.clone(),
+                reputation: reputation.clone(),
                 devnet_file: args
                     .data_dir
                     .parent()
@@ -195,6 +211,10 @@ pub(crate) fn run(args: NodeArgs) -> anyhow::Result<()> {
         if relay.shutdown().await.is_ok() {
             let _ = relay_task.await;
         }
+        reports.abort();
+        if reputation.shutdown().await.is_ok() {
+            let _ = reputation_task.await;
+        }
         if let Err(e) = net.shutdown().await {
             tracing::warn!(error = %e, "network already stopped");
         }
@@ -211,6 +231,42 @@ pub(crate) fn run(args: NodeArgs) -> anyhow::Result<()> {
         );
         anyhow::Ok(())
     })
+}
+
+/// Feeds what the relay and sync saw peers do into their reputation.
+async fn forward_reports(
+    mut relay: broadcast::Receiver<RelayServiceEvent>,
+    mut sync: broadcast::Receiver<SyncEvent>,
+    reputation: ReputationHandle,
+) {
+    loop {
+        let report = tokio::select! {
+            event = relay.recv() => match event {
+                Ok(RelayServiceEvent::Offence { peer, reason }) => Some((peer, reason)),
+                Ok(RelayServiceEvent::Delivered { peer }) => Some((peer, Reason::Delivered)),
+                Ok(_) => None,
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "reputation fell behind the relay's reports");
+                    None
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+            event = sync.recv() => match event {
+                Ok(SyncEvent::Penalty { peer, reason }) => Some((peer, reason)),
+                Ok(_) => None,
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "reputation fell behind sync's reports");
+                    None
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+        };
+        if let Some((peer, reason)) = report
+            && reputation.report(peer, reason).await.is_err()
+        {
+            return;
+        }
+    }
 }
 
 /// Resolves when the node should stop: SIGINT, SIGTERM, or `seconds` elapsed. Returns why.

@@ -284,6 +284,17 @@ impl<P: PeerKey + Hash> Reputation<P> {
             .map_or(0.0, |e| self.decayed(e.score, e.updated, now))
     }
 
+    /// Every tracked peer's current (decayed) score.
+    pub fn scores(&self, now: TimestampMs) -> Vec<(P, f64)> {
+        let mut out: Vec<(P, f64)> = self
+            .peers
+            .iter()
+            .map(|(p, e)| (*p, self.decayed(e.score, e.updated, now)))
+            .collect();
+        out.sort_by_key(|(p, _)| *p);
+        out
+    }
+
     /// The reason log, oldest first.
     pub fn log(&self, peer: &P) -> Vec<LogEntry> {
         self.peers
@@ -392,14 +403,14 @@ impl<P: PeerKey + Hash> Reputation<P> {
         until
     }
 
-    /// Lifts a ban (the repeat count is kept).
+    /// Lifts a ban (the repeat count is kept); `false` if there was none to lift.
     pub fn unban(&mut self, peer: &P) -> bool {
         match self.bans.get_mut(peer) {
-            Some(b) => {
+            Some(b) if b.until > TimestampMs(0) => {
                 b.until = TimestampMs(0);
                 true
             }
-            None => false,
+            _ => false,
         }
     }
 
@@ -422,6 +433,18 @@ impl<P: PeerKey + Hash> Reputation<P> {
             .map(|(p, b)| (*p, *b))
             .collect();
         out.sort_by_key(|(p, _)| *p);
+        out
+    }
+
+    /// IP bans in force, with their expiry.
+    pub fn ip_bans(&self, now: TimestampMs) -> Vec<(IpAddr, TimestampMs)> {
+        let mut out: Vec<(IpAddr, TimestampMs)> = self
+            .ip_bans
+            .iter()
+            .filter(|(_, until)| **until > now)
+            .map(|(ip, until)| (*ip, *until))
+            .collect();
+        out.sort();
         out
     }
 

@@ -37,11 +37,24 @@
 //!     │        ── PartitionDetector ─► redial bootstrap, DHT walk; state changes logged
 //!     └─► watch: SyncStatus (progress, network state); broadcast: SyncEvent (penalties, ...)
 //! ```
+//!
+//! [`reputation`]: one score per peer from every service's reports; disconnects and bans
+//! through the network handle, bans kept in the chain database across restarts.
+//!
+//! ```text
+//!  relay Offence/Delivered, sync Penalty, API ban/unban ─► ReputationHandle ─► owning task
+//!     Reputation<PeerId> ─► NetworkHandle::{set_score, disconnect, ban, ban_ip}
+//!                       └─► chain.redb aux "reputation/bans"
+//! ```
 
 pub mod relay;
+pub mod reputation;
 pub mod sync;
 
 pub use relay::{RelayError, RelayHandle, RelayService, RelayServiceEvent, RelayServiceMetrics};
+pub use reputation::{
+    BanEntry, PeerStanding, ReputationError, ReputationHandle, ReputationService,
+};
 pub use sync::{
     SyncError, SyncEvent, SyncHandle, SyncService, SyncServiceConfig, SyncServiceMetrics,
     SyncStatus,

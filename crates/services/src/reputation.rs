@@ -15,7 +15,7 @@
 //!
 //! Time is wall-clock milliseconds ([`TimestampMs`]) because bans outlive the process.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,7 +56,7 @@ pub enum ReputationError {
 }
 
 /// One ban, as the API shows it and the database keeps it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BanEntry {
     /// The banned peer.
     pub peer: PeerId,
@@ -120,7 +120,11 @@ impl ReputationHandle {
 
     /// An operator's ban; returns when it ends. The peer is disconnected and refused until then,
     /// also after a restart.
-    pub async fn ban(&self, peer: PeerId, duration: Duration) -> Result<TimestampMs, ReputationError> {
+    pub async fn ban(
+        &self,
+        peer: PeerId,
+        duration: Duration,
+    ) -> Result<TimestampMs, ReputationError> {
         self.request(|reply| Command::Ban(peer, duration, reply))
             .await
     }
@@ -197,15 +201,22 @@ impl ReputationService {
             chain,
             table,
             saved: Vec::new(),
+            enforced: HashSet::new(),
+            enforced_ips: HashSet::new(),
         };
-        owner.table.restore_bans(
-            restored
-                .iter()
-                .filter(|b| b.until > now)
-                .map(|b| (b.peer, Ban { until: b.until, count: b.count })),
-        );
-        for ban in owner.table.bans(now) {
-            owner.enforce_ban(ban.0, ban.1.until).await;
+        owner
+            .table
+            .restore_bans(restored.iter().filter(|b| b.until > now).map(|b| {
+                (
+                    b.peer,
+                    Ban {
+                        until: b.until,
+                        count: b.count,
+                    },
+                )
+            }));
+        for (peer, _) in owner.table.bans(now) {
+            owner.enforce_ban(peer).await;
         }
         owner.saved = owner.current_bans(now);
         if !owner.saved.is_empty() {
@@ -260,6 +271,10 @@ struct Owner {
     table: Reputation<PeerId>,
     /// The bans as last written to the database.
     saved: Vec<BanEntry>,
+    /// Peers the network was told to refuse (lifted when their ban expires).
+    enforced: HashSet<PeerId>,
+    /// IP addresses the network was told to refuse.
+    enforced_ips: HashSet<IpAddr>,
 }
 
 impl Owner {
@@ -329,7 +344,7 @@ impl Owner {
                 let ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
                 let until = self.table.ban_manually(peer, ms, now);
                 tracing::info!(%peer, until = until.0, "peer banned by the operator");
-                self.enforce_ban(peer, until).await;
+                self.enforce_ban(peer).await;
                 self.persist(now);
                 let _ = reply.send(until);
             }
@@ -337,6 +352,7 @@ impl Owner {
                 let lifted = self.table.unban(&peer);
                 if lifted {
                     tracing::info!(%peer, "ban lifted by the operator");
+                    self.enforced.remove(&peer);
                     let _ = self.network.unban(peer).await;
                     self.persist(now);
                 }
@@ -373,23 +389,48 @@ impl Owner {
             }
             Action::Ban { until } => {
                 tracing::warn!(%peer, ?reason, until = until.0, "banning peer");
-                self.enforce_ban(peer, until).await;
+                self.enforce_ban(peer).await;
                 self.persist(now);
             }
             Action::BanWithIp { until, ip } => {
                 tracing::warn!(%peer, %ip, ?reason, until = until.0, "banning peer and its IP");
-                self.enforce_ban(peer, until).await;
-                let _ = self.network.ban_ip(ip, until_duration(until, now)).await;
+                self.enforce_ban(peer).await;
+                if self.network.ban_ip(ip, true).await.unwrap_or(false) {
+                    self.enforced_ips.insert(ip);
+                }
                 self.persist(now);
             }
         }
     }
 
-    /// Makes the network refuse `peer` until `until` and drops its connections.
-    async fn enforce_ban(&mut self, peer: PeerId, until: TimestampMs) {
-        let now = TimestampMs::now();
-        let _ = self.network.ban(peer, until_duration(until, now)).await;
+    /// Makes the network refuse `peer` (and drop its connections) until the ban is lifted.
+    async fn enforce_ban(&mut self, peer: PeerId) {
+        if self.network.ban(peer).await.unwrap_or(false) {
+            self.enforced.insert(peer);
+        }
         let _ = self.network.disconnect(peer).await;
+    }
+
+    /// Lifts the network's refusal of peers and IPs whose bans expired.
+    async fn lift_expired(&mut self, now: TimestampMs) {
+        let active: HashSet<PeerId> = self.table.bans(now).into_iter().map(|(p, _)| p).collect();
+        let expired: Vec<PeerId> = self.enforced.difference(&active).copied().collect();
+        for peer in expired {
+            self.enforced.remove(&peer);
+            tracing::info!(%peer, "ban expired");
+            let _ = self.network.unban(peer).await;
+        }
+        let active_ips: HashSet<IpAddr> = self
+            .table
+            .ip_bans(now)
+            .into_iter()
+            .map(|(ip, _)| ip)
+            .collect();
+        let expired: Vec<IpAddr> = self.enforced_ips.difference(&active_ips).copied().collect();
+        for ip in expired {
+            self.enforced_ips.remove(&ip);
+            let _ = self.network.ban_ip(ip, false).await;
+        }
     }
 
     async fn push_score(&self, peer: PeerId, now: TimestampMs) {
@@ -403,6 +444,7 @@ impl Owner {
 
     async fn refresh(&mut self) {
         let now = TimestampMs::now();
+        self.lift_expired(now).await;
         if let Ok(peers) = self.network.peers().await {
             for info in peers {
                 self.push_score(info.peer, now).await;
@@ -450,11 +492,6 @@ impl Owner {
             Err(err) => tracing::warn!(%err, "cannot save the bans; will retry"),
         }
     }
-}
-
-/// Time from `now` until `until` (zero when past).
-fn until_duration(until: TimestampMs, now: TimestampMs) -> Duration {
-    Duration::from_millis(until.0.saturating_sub(now.0))
 }
 
 /// The IP of a multiaddr's first component, if it has one.

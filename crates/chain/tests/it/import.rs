@@ -1,7 +1,9 @@
 //! Block validation and import paths.
 
-use playergold_chain::{ChainBackend, ConsensusError, ImportError, ImportOutcome, TxStatus};
-use playergold_primitives::{Amount, Block, Height, TimestampMs};
+use playergold_chain::{
+    ChainBackend, ConsensusError, ImportError, ImportOutcome, MempoolError, TxStatus,
+};
+use playergold_primitives::{Amount, Block, Height, Keypair, TimestampMs, Transaction, TxId};
 
 use crate::support::{Devnet, SLOT_MS, now, tx};
 
@@ -266,4 +268,122 @@ fn a_batch_keeps_the_valid_blocks_before_the_first_invalid_one() {
         reopened.store().verify_consistency().expect("consistent"),
         Height(2)
     );
+}
+
+/// A transaction with its signature broken (same id: the id does not cover the signature).
+fn forged(t: &Transaction) -> Transaction {
+    let mut f = t.clone();
+    f.signature.0[0] ^= 1;
+    f
+}
+
+#[test]
+fn a_batch_of_valid_transactions_is_accepted_whole() {
+    let net = Devnet::new(1);
+    let chain = net.open("a.redb");
+    // Enough to be checked on several threads.
+    let txs: Vec<Transaction> = (0..100u64).map(|n| tx((n % 7) as u8, n, 5)).collect();
+    let ids: Vec<TxId> = txs.iter().map(Transaction::id).collect();
+    let results = chain.submit_transactions(txs, now());
+    assert_eq!(results, ids.iter().map(|id| Ok(*id)).collect::<Vec<_>>());
+    assert_eq!(chain.mempool_len(), 100);
+}
+
+#[test]
+fn one_bad_signature_in_a_batch_rejects_exactly_that_transaction() {
+    let net = Devnet::new(1);
+    let chain = net.open("a.redb");
+    let mut txs: Vec<Transaction> = (0..64u64).map(|n| tx(3, n, 5)).collect();
+    txs[37] = forged(&txs[37]);
+    let bad = txs[37].id();
+    let results = chain.submit_transactions(txs.clone(), now());
+    for (i, (r, t)) in results.iter().zip(&txs).enumerate() {
+        if i == 37 {
+            assert_eq!(*r, Err(MempoolError::BadSignature(bad)));
+        } else {
+            assert_eq!(*r, Ok(t.id()), "tx {i}");
+        }
+    }
+    assert_eq!(chain.mempool_len(), 63);
+    assert!(!chain.mempool_contains(&bad));
+}
+
+/// The batched path gives, transaction by transaction, what one-by-one submission gives:
+/// duplicates within and across batches, forged copies before and after the real one, included
+/// and future-dated transactions.
+#[test]
+fn a_batch_gives_the_same_results_as_one_by_one_submission() {
+    let net = Devnet::new(1);
+    let batched = net.open("batched.redb");
+    let single = net.open("single.redb");
+    let g = net.genesis.block().header;
+    let included = tx(9, 0, 5);
+    let block = net.child(&g, 1, vec![included.clone()]);
+    for chain in [&batched, &single] {
+        chain.import_block(block.clone(), now()).expect("valid");
+        chain
+            .submit_transaction(tx(8, 0, 5), now())
+            .expect("already pooled");
+    }
+    let a = tx(1, 0, 5);
+    let b = tx(2, 0, 5);
+    let c = tx(3, 0, 5);
+    let mut future = tx(4, 0, 5).unsigned();
+    future.timestamp_ms = TimestampMs(now().0 + 3_600_000);
+    let future = future.sign(&Keypair::from_secret(&[104; 32]));
+    let mut batch = vec![
+        a.clone(),
+        b.clone(),
+        a.clone(),
+        forged(&a),
+        forged(&c),
+        c.clone(),
+        forged(&c),
+        included.clone(),
+        forged(&included),
+        tx(8, 0, 5),
+        future,
+    ];
+    // Twice the batch: everything is known the second time round.
+    batch.extend(batch.clone());
+    let one_by_one: Vec<_> = batch
+        .iter()
+        .map(|t| single.submit_transaction(t.clone(), now()))
+        .collect();
+    let results = batched.submit_transactions(batch, now());
+    assert_eq!(results, one_by_one);
+    assert_eq!(results[0], Ok(a.id()));
+    assert_eq!(results[2], Err(MempoolError::AlreadyKnown(a.id())));
+    assert_eq!(results[4], Err(MempoolError::BadSignature(c.id())));
+    assert_eq!(results[5], Ok(c.id()));
+    assert_eq!(
+        results[7],
+        Err(MempoolError::AlreadyIncluded(included.id()))
+    );
+    assert!(matches!(
+        results[10],
+        Err(MempoolError::FromTheFuture { .. })
+    ));
+    assert_eq!(batched.mempool_len(), single.mempool_len());
+}
+
+/// Block import skips the signatures of transactions that entered the mempool as they are; a
+/// block carrying a forged copy of a mempool transaction (same id, other signature) is still
+/// refused.
+#[test]
+fn a_forged_copy_of_a_mempool_transaction_in_a_block_is_still_refused() {
+    let net = Devnet::new(1);
+    let chain = net.open("a.redb");
+    let g = net.genesis.block().header;
+    let t = tx(1, 0, 5);
+    chain.submit_transaction(t.clone(), now()).expect("pooled");
+    let bad = net.child(&g, 1, vec![forged(&t)]);
+    assert!(matches!(
+        chain.import_block(bad, now()),
+        Err(ImportError::BadSignature)
+    ));
+    // The real one, from the mempool, imports (its signature is not checked twice).
+    let good = net.child(&g, 1, vec![t.clone()]);
+    chain.import_block(good, now()).expect("valid");
+    assert!(!chain.mempool_contains(&t.id()));
 }

@@ -215,3 +215,48 @@ fn dashboard_uses_only_exported_metrics(exposition: &str) {
         }
     }
 }
+
+#[test]
+fn a_ban_set_through_the_cli_survives_a_restart_and_can_be_lifted() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("node");
+    init(&data);
+    // Any valid PeerId will do: the ban is kept whether or not the peer ever connects.
+    let other = tempfile::tempdir().expect("temp dir");
+    let victim = init(&other.path().join("victim"));
+
+    let node = RunningNode::start(&data);
+    let banned: serde_json::Value = serde_json::from_str(&run_ok(playergold().args([
+        "ban",
+        "--json",
+        "--api",
+        &node.api,
+        &victim,
+        "--duration-secs",
+        "3600",
+    ])))
+    .expect("ban JSON");
+    assert_eq!(banned["peer_id"], victim.as_str());
+    let (code, bans) = http_json(&node.api, "GET", "/api/v1/bans", None);
+    assert_eq!(code, 200);
+    assert_eq!(bans[0]["peer_id"], victim.as_str(), "{bans}");
+    let (status, _, _) = node.terminate();
+    assert!(status.success());
+
+    let node = RunningNode::start(&data);
+    let (code, bans) = http_json(&node.api, "GET", "/api/v1/bans", None);
+    assert_eq!(code, 200);
+    assert_eq!(
+        bans.as_array().map(Vec::len),
+        Some(1),
+        "the ban is still in force after the restart: {bans}"
+    );
+    assert_eq!(bans[0]["peer_id"], victim.as_str());
+    run_ok(playergold().args(["unban", "--api", &node.api, &victim]));
+    let (_, bans) = http_json(&node.api, "GET", "/api/v1/bans", None);
+    assert_eq!(bans, serde_json::json!([]));
+    let (code, err) = http_json(&node.api, "DELETE", &format!("/api/v1/bans/{victim}"), None);
+    assert_eq!(code, 404, "{err}");
+    let (status, _, _) = node.terminate();
+    assert!(status.success());
+}

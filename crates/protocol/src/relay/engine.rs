@@ -4,8 +4,19 @@
 //! let it consult the chain through [`RelayHost`], then drain what it wants sent with
 //! [`RelayEngine::poll_transmit`], what happened with [`RelayEngine::poll_event`], and call
 //! [`RelayEngine::handle_timeout`] at [`RelayEngine::poll_timeout`].
+//!
+//! Blocks are relayed before they are imported (BIP152's high-bandwidth mode): a compact block
+//! whose header checks out (linkage, producer, signature) is queued to every peer that lacks it
+//! at once, and its body import (every transaction signature, the store commit) is left pending.
+//! An adapter that cares about latency uses the two-phase calls
+//! [`RelayEngine::handle_message_deferred`] / [`RelayEngine::propagate_new_block`], sends what
+//! [`RelayEngine::poll_transmit`] gives, and only then calls
+//! [`RelayEngine::run_pending_imports`]; [`RelayEngine::handle_message`] does both phases in one
+//! call. Bodies are served (`Block`, `BlockTxns`) only once the chain has validated them;
+//! requests that arrive while a block is still being rebuilt or imported are answered when its
+//! import settles.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt::Debug;
 use std::hash::Hash;
 use std::time::Instant;
@@ -32,6 +43,19 @@ pub const MAX_ANNOUNCERS: usize = 8;
 pub const MAX_PARTIAL_BLOCKS: usize = 16;
 /// Recently assembled blocks kept to answer `BlockTxnsRequest` before the chain has them.
 pub const RECENT_BLOCKS: usize = 8;
+/// Block imports waiting for [`RelayEngine::run_pending_imports`]. An adapter runs them after
+/// every flush, so one or two wait at a time; if it falls this far behind, the oldest is imported
+/// on the spot (nothing is dropped, it only loses the relay-first ordering).
+pub const MAX_PENDING_IMPORTS: usize = 16;
+/// Blocks with requests waiting for their import to settle (rebuilding, fetching or importing:
+/// at most `MAX_PARTIAL_BLOCKS + MAX_PENDING_IMPORTS` at once). Beyond this the oldest waiters
+/// are forgotten; their requests time out at the requester, which falls back as for any loss.
+pub const MAX_WAITED_BLOCKS: usize = MAX_PARTIAL_BLOCKS + MAX_PENDING_IMPORTS;
+/// Waiting requests per block (one per peer: about the peers a block is relayed to). Beyond this
+/// a request is answered `NotFound` at once. A waiting `BlockTxnsRequest` holds at most
+/// `MAX_BLOCK_TXS` positions (20 KB), so all waiters together stay under
+/// `MAX_WAITED_BLOCKS` × 64 × 20 KB ≈ 40 MB even if every peer asks for every block.
+pub const MAX_WAITERS_PER_BLOCK: usize = 64;
 /// Challenges (and where each came from) remembered, to route solutions back.
 pub const MAX_CHALLENGES: usize = 1_024;
 /// Solutions whose verdicts are being counted.
@@ -86,6 +110,15 @@ pub enum BlockVerdict {
 pub trait RelayHost {
     /// Validates a transaction and adds it to the mempool.
     fn submit_transaction(&mut self, tx: Transaction) -> TxVerdict;
+    /// Validates transactions and adds them to the mempool: one verdict each, in order, the same
+    /// as [`submit_transaction`](Self::submit_transaction) on each in turn would give (a second
+    /// copy of an id is `Known`). Hosts override it to check signatures together and take their
+    /// locks once; a `Transactions` batch from a peer goes through here.
+    fn submit_transactions(&mut self, txs: Vec<Transaction>) -> Vec<TxVerdict> {
+        txs.into_iter()
+            .map(|tx| self.submit_transaction(tx))
+            .collect()
+    }
     /// A mempool transaction.
     fn transaction(&self, id: &TxId) -> Option<Transaction>;
     /// Whether we have the transaction (mempool or chain).
@@ -191,6 +224,17 @@ pub struct Settlement {
     pub verdicts: Vec<(PublicKey, bool)>,
 }
 
+/// How one deferred block import ended ([`RelayEngine::run_pending_imports`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockImport<P> {
+    /// The block.
+    pub hash: BlockHash,
+    /// Who sent it (`None`: produced here, [`RelayEngine::propagate_new_block`]).
+    pub from: Option<P>,
+    /// What the host made of it.
+    pub verdict: BlockVerdict,
+}
+
 /// Counters per item kind (monotonic; Prometheus derives rates).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct KindCounters {
@@ -250,7 +294,38 @@ struct PartialBlock<P> {
     header: BlockHeader,
     txs: Vec<Option<Transaction>>,
     from: P,
+    /// Other peers that sent the same compact block: asked for the full block if `from` fails.
+    alternates: Vec<P>,
     deadline: Instant,
+}
+
+/// Where a block waiting for import came from, which decides what its import verdict means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// Rebuilt from a compact block that was already relayed on its valid header.
+    Compact,
+    /// A full block (requested after a failed rebuild): relayed once imported.
+    Full,
+    /// Produced here and already pushed.
+    Local,
+}
+
+#[derive(Debug)]
+struct PendingImport<P> {
+    hash: BlockHash,
+    block: Block,
+    from: Option<P>,
+    alternates: Vec<P>,
+    source: Source,
+}
+
+/// A request for a block we are still completing, answered when its import settles.
+#[derive(Debug)]
+enum Waiter {
+    /// `Request(Block)`.
+    Block,
+    /// `BlockTxnsRequest` for these positions.
+    Txns(Vec<u32>),
 }
 
 #[derive(Debug, Default)]
@@ -270,6 +345,13 @@ pub struct RelayEngine<P: PeerKey> {
     seen: BoundedSet<InvItem>,
     wanted: HashMap<InvItem, Wanted<P>>,
     partials: HashMap<BlockHash, PartialBlock<P>>,
+    pending_imports: VecDeque<PendingImport<P>>,
+    /// Outcomes of imports not yet returned by `run_pending_imports` (bounded by
+    /// `MAX_PENDING_IMPORTS`: `handle_message` imports without returning them).
+    settled: VecDeque<BlockImport<P>>,
+    waiters: BoundedMap<BlockHash, Vec<(P, Waiter)>>,
+    /// Bodies the chain validated (or we produced and imported), served before the store has
+    /// them at hand.
     recent_blocks: BoundedMap<BlockHash, Block>,
     challenges: BoundedMap<ChallengeId, (Challenge, Option<P>)>,
     tallies: BoundedMap<SolutionId, Tally>,
@@ -287,6 +369,9 @@ impl<P: PeerKey> RelayEngine<P> {
             peers: HashMap::new(),
             wanted: HashMap::new(),
             partials: HashMap::new(),
+            pending_imports: VecDeque::new(),
+            settled: VecDeque::new(),
+            waiters: BoundedMap::new(MAX_WAITED_BLOCKS),
             recent_blocks: BoundedMap::new(RECENT_BLOCKS),
             challenges: BoundedMap::new(MAX_CHALLENGES),
             tallies: BoundedMap::new(MAX_TALLIES),
@@ -419,7 +504,7 @@ impl<P: PeerKey> RelayEngine<P> {
             if let Some(partial) = self.partials.remove(&hash) {
                 // The missing transactions never came: fall back to the full block.
                 self.metrics.compact_fallback += 1;
-                self.want(now, InvItem::Block(hash), partial.from);
+                self.want_from(now, hash, partial.from, partial.alternates);
             }
         }
     }
@@ -446,12 +531,59 @@ impl<P: PeerKey> RelayEngine<P> {
         }
     }
 
-    /// A block this node produced and imported: push it compact to every peer.
+    /// A block this node produced and already imported: push it compact to every peer.
     pub fn propagate_block(&mut self, _now: Instant, block: Block) {
         let hash = block.hash();
         self.seen.insert(InvItem::Block(hash));
         self.relay_block(&block, None);
         self.recent_blocks.insert(hash, block);
+    }
+
+    /// A block this node produced and has not imported yet: if its header checks out, push it
+    /// compact to every peer now, and leave its import pending, so that the push leaves before
+    /// the import's cost. Send what `poll_transmit` gives, then call
+    /// [`run_pending_imports`](Self::run_pending_imports): its outcome (`from: None`) says
+    /// whether the chain took the block. A block whose header fails is not pushed; its import
+    /// still runs, to report why.
+    pub fn propagate_new_block(&mut self, now: Instant, block: Block, host: &mut impl RelayHost) {
+        let hash = block.hash();
+        // `Known`: the producer imported it already, which is fine.
+        if matches!(
+            host.check_header(&block.header),
+            HeaderVerdict::Valid | HeaderVerdict::Known
+        ) {
+            self.seen.insert(InvItem::Block(hash));
+            self.relay_block(&block, None);
+        }
+        self.queue_import(
+            now,
+            PendingImport {
+                hash,
+                block,
+                from: None,
+                alternates: Vec::new(),
+                source: Source::Local,
+            },
+            host,
+        );
+    }
+
+    /// Whether block imports wait for [`run_pending_imports`](Self::run_pending_imports).
+    pub fn has_pending_imports(&self) -> bool {
+        !self.pending_imports.is_empty()
+    }
+
+    /// Imports the blocks left pending by [`handle_message_deferred`](Self::handle_message_deferred)
+    /// and [`propagate_new_block`](Self::propagate_new_block), oldest first, and returns how every
+    /// import since the last call ended. Call it after sending what `poll_transmit` gives, so
+    /// blocks relayed on their header leave before their bodies are checked.
+    pub fn run_pending_imports(
+        &mut self,
+        now: Instant,
+        host: &mut impl RelayHost,
+    ) -> Vec<BlockImport<P>> {
+        self.import_pending(now, host);
+        self.settled.drain(..).collect()
     }
 
     /// Issues a challenge: sends it per the challenge strategy.
@@ -524,8 +656,23 @@ impl<P: PeerKey> RelayEngine<P> {
 
     // ---- peer input ------------------------------------------------------------------------
 
-    /// Handles one message from `peer`.
+    /// Handles one message from `peer`, block imports included (relayed frames queued by it
+    /// leave after the import; [`handle_message_deferred`](Self::handle_message_deferred) lets
+    /// them leave first).
     pub fn handle_message(
+        &mut self,
+        now: Instant,
+        peer: P,
+        msg: RelayMessage,
+        host: &mut impl RelayHost,
+    ) {
+        self.handle_message_deferred(now, peer, msg, host);
+        self.import_pending(now, host);
+    }
+
+    /// Handles one message from `peer`, leaving any block import it leads to pending: send what
+    /// `poll_transmit` gives, then call [`run_pending_imports`](Self::run_pending_imports).
+    pub fn handle_message_deferred(
         &mut self,
         now: Instant,
         peer: P,
@@ -549,11 +696,7 @@ impl<P: PeerKey> RelayEngine<P> {
                     }
                 }
             }
-            RelayMessage::Transactions(txs) => {
-                for tx in txs {
-                    self.on_transaction(now, peer, tx, host);
-                }
-            }
+            RelayMessage::Transactions(txs) => self.on_transactions(now, peer, txs, host),
             RelayMessage::CompactBlock(cb) => self.on_compact_block(now, peer, cb, host),
             RelayMessage::BlockTxnsRequest { block, indexes } => {
                 self.on_block_txns_request(peer, block, indexes, host)
@@ -639,6 +782,21 @@ impl<P: PeerKey> RelayEngine<P> {
         self.enqueue(&peer, Class::Reply, RelayMessage::Request(vec![item]));
     }
 
+    /// Falls back to fetching block `hash` in full from `peer`, then from `alternates` (other
+    /// senders of its compact block) on timeout or `NotFound`.
+    fn want_from(&mut self, now: Instant, hash: BlockHash, peer: P, alternates: Vec<P>) {
+        let item = InvItem::Block(hash);
+        self.want(now, item, peer);
+        if let Some(w) = self.wanted.get_mut(&item) {
+            for a in alternates {
+                if w.announcers.len() < MAX_ANNOUNCERS && a != peer && !w.announcers.contains(&a) {
+                    w.announcers.push_back(a);
+                }
+            }
+        }
+        self.drop_waiters_if_idle(hash);
+    }
+
     /// The current request for `item` failed: ask the next announcer, or give up.
     fn retry(&mut self, now: Instant, item: InvItem) {
         let Some(w) = self.wanted.get_mut(&item) else {
@@ -658,8 +816,94 @@ impl<P: PeerKey> RelayEngine<P> {
             }
             None => {
                 self.wanted.remove(&item);
+                if let InvItem::Block(hash) = item {
+                    self.drop_waiters_if_idle(hash);
+                }
             }
         }
+    }
+
+    /// Whether block `hash` is being rebuilt, fetched or imported (requests for it can wait).
+    fn in_progress(&self, hash: &BlockHash) -> bool {
+        self.partials.contains_key(hash)
+            || self.is_pending(hash)
+            || self.wanted.contains_key(&InvItem::Block(*hash))
+    }
+
+    fn is_pending(&self, hash: &BlockHash) -> bool {
+        self.pending_imports.iter().any(|p| p.hash == *hash)
+    }
+
+    /// A block body the chain validated: recently imported here, or stored.
+    fn validated_block(&self, hash: &BlockHash, host: &impl RelayHost) -> Option<Block> {
+        self.recent_blocks
+            .get(hash)
+            .cloned()
+            .or_else(|| host.block(hash))
+    }
+
+    /// Parks `peer`'s request for block `hash` until its import settles; false if the block is
+    /// not in progress or too many requests wait for it.
+    fn wait_for(&mut self, hash: BlockHash, peer: P, waiter: Waiter) -> bool {
+        if !self.in_progress(&hash) {
+            return false;
+        }
+        if !self.waiters.contains_key(&hash) {
+            self.waiters.insert(hash, Vec::new());
+        }
+        let Some(list) = self.waiters.get_mut(&hash) else {
+            return false;
+        };
+        // One request per peer and block: a repeated one replaces the earlier.
+        list.retain(|(p, _)| *p != peer);
+        if list.len() >= MAX_WAITERS_PER_BLOCK {
+            return false;
+        }
+        list.push((peer, waiter));
+        true
+    }
+
+    /// Answers the requests waiting for block `hash`: from its validated body, or `NotFound`.
+    fn answer_waiters(&mut self, hash: BlockHash, host: &impl RelayHost) {
+        let Some(list) = self.waiters.remove(&hash) else {
+            return;
+        };
+        let block = self.validated_block(&hash, host);
+        for (peer, waiter) in list {
+            match (&block, waiter) {
+                (Some(b), Waiter::Block) => self.serve_block(peer, b.clone()),
+                (Some(b), Waiter::Txns(indexes)) => self.serve_block_txns(peer, b, indexes),
+                (None, _) => self.enqueue(
+                    &peer,
+                    Class::Reply,
+                    RelayMessage::NotFound(vec![InvItem::Block(hash)]),
+                ),
+            }
+        }
+    }
+
+    /// Answers `NotFound` to the requests waiting for block `hash` once nothing is under way
+    /// that could still bring it.
+    fn drop_waiters_if_idle(&mut self, hash: BlockHash) {
+        if self.in_progress(&hash) {
+            return;
+        }
+        let Some(list) = self.waiters.remove(&hash) else {
+            return;
+        };
+        for (peer, _) in list {
+            self.enqueue(
+                &peer,
+                Class::Reply,
+                RelayMessage::NotFound(vec![InvItem::Block(hash)]),
+            );
+        }
+    }
+
+    fn serve_block(&mut self, peer: P, block: Block) {
+        self.mark_known(&peer, InvItem::Block(block.hash()));
+        self.metrics.block.sent += 1;
+        self.enqueue(&peer, Class::Reply, RelayMessage::Block(block));
     }
 
     fn on_request(&mut self, peer: P, items: Vec<InvItem>, host: &impl RelayHost) {
@@ -671,21 +915,11 @@ impl<P: PeerKey> RelayEngine<P> {
                     Some(tx) => txs.push(tx),
                     None => missing.push(item),
                 },
-                InvItem::Block(hash) => {
-                    match self
-                        .recent_blocks
-                        .get(&hash)
-                        .cloned()
-                        .or_else(|| host.block(&hash))
-                    {
-                        Some(b) => {
-                            self.mark_known(&peer, item);
-                            self.metrics.block.sent += 1;
-                            self.enqueue(&peer, Class::Reply, RelayMessage::Block(b));
-                        }
-                        None => missing.push(item),
-                    }
-                }
+                InvItem::Block(hash) => match self.validated_block(&hash, host) {
+                    Some(b) => self.serve_block(peer, b),
+                    None if self.wait_for(hash, peer, Waiter::Block) => {}
+                    None => missing.push(item),
+                },
                 InvItem::Challenge(id) => match self.challenges.get(&id) {
                     Some((c, _)) => {
                         let c = c.clone();
@@ -714,22 +948,61 @@ impl<P: PeerKey> RelayEngine<P> {
         }
     }
 
-    fn on_transaction(
+    /// A batch of transactions from `peer`: the ones we have not seen go to the host together
+    /// (one signature pass, one lock), then each is handled on its own verdict.
+    fn on_transactions(
         &mut self,
         now: Instant,
         peer: P,
-        tx: Transaction,
+        txs: Vec<Transaction>,
         host: &mut impl RelayHost,
     ) {
-        let id = tx.id();
-        let item = InvItem::Tx(id);
-        self.mark_known(&peer, item);
-        if self.seen.contains(&item) {
-            self.wanted.remove(&item);
-            self.metrics.tx.duplicates += 1;
+        let mut fresh = Vec::with_capacity(txs.len());
+        let mut ids = HashSet::with_capacity(txs.len());
+        // Later copies of an id in the same batch: judged after the first, as one by one.
+        let mut again = Vec::new();
+        for tx in txs {
+            let id = tx.id();
+            let item = InvItem::Tx(id);
+            self.mark_known(&peer, item);
+            if self.seen.contains(&item) {
+                self.wanted.remove(&item);
+                self.metrics.tx.duplicates += 1;
+            } else if ids.insert(id) {
+                fresh.push((id, tx));
+            } else {
+                again.push((id, tx));
+            }
+        }
+        if fresh.is_empty() {
             return;
         }
-        let verdict = host.submit_transaction(tx.clone());
+        let verdicts = host.submit_transactions(fresh.iter().map(|(_, tx)| tx.clone()).collect());
+        // A host that answers short leaves the rest unjudged: dropped, nobody blamed.
+        for ((id, tx), verdict) in fresh.into_iter().zip(verdicts) {
+            self.on_tx_verdict(now, peer, id, tx, verdict);
+        }
+        for (id, tx) in again {
+            if self.seen.contains(&InvItem::Tx(id)) {
+                self.metrics.tx.duplicates += 1;
+            } else {
+                // The first copy was invalid (a forgery): this one stands on its own.
+                let verdict = host.submit_transaction(tx.clone());
+                self.on_tx_verdict(now, peer, id, tx, verdict);
+            }
+        }
+    }
+
+    /// Acts on the host's verdict on a transaction `peer` sent.
+    fn on_tx_verdict(
+        &mut self,
+        now: Instant,
+        peer: P,
+        id: TxId,
+        tx: Transaction,
+        verdict: TxVerdict,
+    ) {
+        let item = InvItem::Tx(id);
         // The id does not cover the signature: a forged copy of a valid transaction has its id.
         // Only a transaction that validated marks the id seen (and stops our request for it), or
         // a forgery sent first would make us drop the real one as a duplicate.
@@ -763,8 +1036,10 @@ impl<P: PeerKey> RelayEngine<P> {
         let hash = cb.header.hash();
         let item = InvItem::Block(hash);
         self.mark_known(&peer, item);
-        if self.seen.contains(&item) || self.partials.contains_key(&hash) {
+        if self.seen.contains(&item) || self.partials.contains_key(&hash) || self.is_pending(&hash)
+        {
             self.metrics.block.duplicates += 1;
+            self.note_alternate(hash, peer);
             return;
         }
         match host.check_header(&cb.header) {
@@ -787,6 +1062,12 @@ impl<P: PeerKey> RelayEngine<P> {
             }
             HeaderVerdict::Valid => {}
         }
+        // BIP152 high-bandwidth relay: the header is valid (linked, right producer, signed), so
+        // pass the compact block on before rebuilding and importing the body. A body that turns
+        // out invalid is the producer's doing, and peers that relayed it are not blamed for it
+        // (see `import`); we never serve a body the chain has not validated.
+        self.seen.insert(item);
+        self.relay_compact(&cb, Some(peer));
         // Rebuild from the mempool: map every mempool tx to its short id under this block.
         let mut by_short: HashMap<ShortId, TxId> = HashMap::new();
         if !cb.short_ids.is_empty() {
@@ -809,6 +1090,7 @@ impl<P: PeerKey> RelayEngine<P> {
             header: cb.header,
             txs,
             from: peer,
+            alternates: Vec::new(),
             deadline: now + self.config.request_timeout,
         };
         if missing.is_empty() {
@@ -831,6 +1113,27 @@ impl<P: PeerKey> RelayEngine<P> {
         }
     }
 
+    /// Another peer sent a compact block we are already completing: remember it as a source
+    /// of the full block in case the first sender fails us.
+    fn note_alternate(&mut self, hash: BlockHash, peer: P) {
+        let add = |list: &mut Vec<P>, from: Option<P>| {
+            if list.len() < MAX_ANNOUNCERS && from != Some(peer) && !list.contains(&peer) {
+                list.push(peer);
+            }
+        };
+        if let Some(p) = self.partials.get_mut(&hash) {
+            add(&mut p.alternates, Some(p.from));
+        } else if let Some(p) = self.pending_imports.iter_mut().find(|p| p.hash == hash) {
+            add(&mut p.alternates, p.from);
+        } else if let Some(w) = self.wanted.get_mut(&InvItem::Block(hash))
+            && w.announcers.len() < MAX_ANNOUNCERS
+            && !w.announcers.contains(&peer)
+            && !matches!(w.asked, Some((p, _)) if p == peer)
+        {
+            w.announcers.push_back(peer);
+        }
+    }
+
     fn complete_block(
         &mut self,
         now: Instant,
@@ -845,61 +1148,107 @@ impl<P: PeerKey> RelayEngine<P> {
             header: partial.header,
             txs,
         };
-        self.accept_block(now, partial.from, hash, block, host, true);
+        self.queue_import(
+            now,
+            PendingImport {
+                hash,
+                block,
+                from: Some(partial.from),
+                alternates: partial.alternates,
+                source: Source::Compact,
+            },
+            host,
+        );
     }
 
-    /// A block we hold in full from `peer`: relay (when it came compact, right after the header
-    /// check and rebuild, as BIP152's high-bandwidth mode) and import.
-    fn accept_block(
-        &mut self,
-        now: Instant,
-        peer: P,
-        hash: BlockHash,
-        block: Block,
-        host: &mut impl RelayHost,
-        rebuilt_from_compact: bool,
-    ) {
+    /// Leaves a block's import for `run_pending_imports`; if too many wait, imports the oldest
+    /// now.
+    fn queue_import(&mut self, now: Instant, pending: PendingImport<P>, host: &mut impl RelayHost) {
+        if self.pending_imports.len() >= MAX_PENDING_IMPORTS
+            && let Some(oldest) = self.pending_imports.pop_front()
+        {
+            self.import(now, oldest, host);
+        }
+        self.pending_imports.push_back(pending);
+    }
+
+    fn import_pending(&mut self, now: Instant, host: &mut impl RelayHost) {
+        while let Some(pending) = self.pending_imports.pop_front() {
+            self.import(now, pending, host);
+        }
+    }
+
+    /// Imports one block and acts on the verdict: events, relay of a full block, serving its
+    /// body, blame.
+    fn import(&mut self, now: Instant, pending: PendingImport<P>, host: &mut impl RelayHost) {
+        let PendingImport {
+            hash,
+            block,
+            from,
+            alternates,
+            source,
+        } = pending;
         let item = InvItem::Block(hash);
-        if rebuilt_from_compact {
-            self.seen.insert(item);
-            self.relay_block(&block, Some(peer));
-            self.recent_blocks.insert(hash, block.clone());
-        }
+        let parent = block.header.parent;
         let verdict = host.submit_block(block.clone());
-        if rebuilt_from_compact && verdict != BlockVerdict::Imported {
-            // We serve only bodies the chain validated. A rebuilt body that was not (a short-id
-            // collision, wrong short ids under a valid header, a block refused for a local reason
-            // before its body was checked) would make the peers we serve it to blame us.
-            self.recent_blocks.remove(&hash);
-        }
         match verdict {
             BlockVerdict::Imported => {
-                self.metrics.block.received += 1;
-                self.events.push_back(RelayEvent::UsefulDelivery(peer));
-                self.events.push_back(RelayEvent::NewBlock {
-                    hash,
-                    from: Some(peer),
-                });
-                if !rebuilt_from_compact {
+                if let Some(peer) = from {
+                    self.metrics.block.received += 1;
+                    self.events.push_back(RelayEvent::UsefulDelivery(peer));
+                }
+                self.events.push_back(RelayEvent::NewBlock { hash, from });
+                if source == Source::Full {
                     self.seen.insert(item);
-                    self.relay_block(&block, Some(peer));
-                    self.recent_blocks.insert(hash, block);
+                    self.relay_block(&block, from);
+                }
+                // Only a body the chain validated is ever served.
+                self.recent_blocks.insert(hash, block);
+            }
+            BlockVerdict::Known => {
+                if from.is_some() {
+                    self.metrics.block.duplicates += 1;
                 }
             }
-            BlockVerdict::Known => self.metrics.block.duplicates += 1,
-            BlockVerdict::Orphan => self.events.push_back(RelayEvent::MissingParent {
-                hash,
-                parent: block.header.parent,
-                peer,
-            }),
-            BlockVerdict::Invalid if rebuilt_from_compact => {
-                // A short-id collision rebuilds a wrong body: fetch the real block once before
-                // blaming anyone.
-                self.metrics.compact_fallback += 1;
-                self.want(now, item, peer);
+            BlockVerdict::Orphan => {
+                if let Some(peer) = from {
+                    self.events
+                        .push_back(RelayEvent::MissingParent { hash, parent, peer });
+                }
             }
-            BlockVerdict::Invalid => self.penalize(peer, Offence::InvalidBlockBody),
+            BlockVerdict::Invalid => match (source, from) {
+                // A short-id collision, or wrong short ids or transactions from the sender,
+                // rebuild a wrong body under a valid header; the producer may also have signed
+                // an invalid body. The sender relayed the compact block on its header, before
+                // its own import, as we did: fetch the full block (which it serves only if its
+                // chain validated it) before blaming anyone.
+                (Source::Compact, Some(peer)) => {
+                    self.metrics.compact_fallback += 1;
+                    self.want_from(now, hash, peer, alternates);
+                }
+                // A full block is served only after the server's chain validated it: one that
+                // fails here is the server's fault (Medium: it may run other rules).
+                (Source::Full, Some(peer)) => self.penalize(peer, Offence::InvalidBlockBody),
+                // Our own block: the caller learns it from the outcome.
+                _ => {}
+            },
             BlockVerdict::Refused => {}
+        }
+        self.answer_waiters_if_settled(hash, host);
+        if self.settled.len() >= MAX_PENDING_IMPORTS {
+            self.settled.pop_front();
+        }
+        self.settled.push_back(BlockImport {
+            hash,
+            from,
+            verdict,
+        });
+    }
+
+    /// Answers the requests waiting for `hash` unless a fallback fetch of it is under way.
+    fn answer_waiters_if_settled(&mut self, hash: BlockHash, host: &impl RelayHost) {
+        if !self.in_progress(&hash) {
+            self.answer_waiters(hash, host);
         }
     }
 
@@ -910,19 +1259,21 @@ impl<P: PeerKey> RelayEngine<P> {
         indexes: Vec<u32>,
         host: &impl RelayHost,
     ) {
-        let Some(block) = self
-            .recent_blocks
-            .get(&hash)
-            .cloned()
-            .or_else(|| host.block(&hash))
-        else {
-            self.enqueue(
-                &peer,
-                Class::Reply,
-                RelayMessage::NotFound(vec![InvItem::Block(hash)]),
-            );
-            return;
-        };
+        match self.validated_block(&hash, host) {
+            Some(block) => self.serve_block_txns(peer, &block, indexes),
+            None => {
+                if !self.wait_for(hash, peer, Waiter::Txns(indexes)) {
+                    self.enqueue(
+                        &peer,
+                        Class::Reply,
+                        RelayMessage::NotFound(vec![InvItem::Block(hash)]),
+                    );
+                }
+            }
+        }
+    }
+
+    fn serve_block_txns(&mut self, peer: P, block: &Block, indexes: Vec<u32>) {
         let mut txs = Vec::with_capacity(indexes.len());
         for i in indexes {
             match block.txs.get(i as usize) {
@@ -937,7 +1288,10 @@ impl<P: PeerKey> RelayEngine<P> {
         self.enqueue(
             &peer,
             Class::Reply,
-            RelayMessage::BlockTxns { block: hash, txs },
+            RelayMessage::BlockTxns {
+                block: block.hash(),
+                txs,
+            },
         );
     }
 
@@ -965,7 +1319,7 @@ impl<P: PeerKey> RelayEngine<P> {
         if partial.txs.iter().any(Option::is_none) || supplied.next().is_some() {
             self.penalize(peer, Offence::MalformedReply);
             self.metrics.compact_fallback += 1;
-            self.want(now, InvItem::Block(hash), peer);
+            self.want_from(now, hash, peer, partial.alternates);
             return;
         }
         self.complete_block(now, hash, partial, host);
@@ -976,9 +1330,14 @@ impl<P: PeerKey> RelayEngine<P> {
         let item = InvItem::Block(hash);
         self.mark_known(&peer, item);
         let requested = self.wanted.remove(&item).is_some();
-        self.partials.remove(&hash);
-        if host.has_block(&hash) {
+        let alternates = self
+            .partials
+            .remove(&hash)
+            .map(|p| p.alternates)
+            .unwrap_or_default();
+        if host.has_block(&hash) || self.is_pending(&hash) {
             self.metrics.block.duplicates += 1;
+            self.answer_waiters_if_settled(hash, host);
             return;
         }
         if !requested {
@@ -986,11 +1345,25 @@ impl<P: PeerKey> RelayEngine<P> {
             self.penalize(peer, Offence::Unrequested);
         }
         match host.check_header(&block.header) {
-            HeaderVerdict::Invalid => self.penalize(peer, Offence::InvalidHeader),
-            HeaderVerdict::Known => self.metrics.block.duplicates += 1,
-            HeaderVerdict::UnknownParent | HeaderVerdict::Valid => {
-                self.accept_block(now, peer, hash, block, host, false)
+            HeaderVerdict::Invalid => {
+                self.penalize(peer, Offence::InvalidHeader);
+                self.drop_waiters_if_idle(hash);
             }
+            HeaderVerdict::Known => {
+                self.metrics.block.duplicates += 1;
+                self.answer_waiters_if_settled(hash, host);
+            }
+            HeaderVerdict::UnknownParent | HeaderVerdict::Valid => self.queue_import(
+                now,
+                PendingImport {
+                    hash,
+                    block,
+                    from: Some(peer),
+                    alternates,
+                    source: Source::Full,
+                },
+                host,
+            ),
         }
     }
 
@@ -1197,8 +1570,13 @@ impl<P: PeerKey> RelayEngine<P> {
     }
 
     fn relay_block(&mut self, block: &Block, from: Option<P>) {
-        let item = InvItem::Block(block.hash());
-        let compact = RelayMessage::CompactBlock(CompactBlock::of(block));
+        self.relay_compact(&CompactBlock::of(block), from);
+    }
+
+    /// Pushes a compact block to every peer but `from` not known to have it.
+    fn relay_compact(&mut self, cb: &CompactBlock, from: Option<P>) {
+        let item = InvItem::Block(cb.header.hash());
+        let compact = RelayMessage::CompactBlock(cb.clone());
         for peer in self.eligible(item, from) {
             self.mark_known(&peer, item);
             self.metrics.block.sent += 1;
@@ -1255,6 +1633,7 @@ impl<P: PeerKey> RelayEngine<P> {
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
+    use std::time::Duration;
 
     use playergold_primitives::{
         Address, Amount, Height, Keypair, Nonce, TimestampMs, UnsignedTransaction,
@@ -1431,5 +1810,423 @@ mod tests {
         }));
         // Peer 1 is known to have the id, peer 2 sent it: nothing to relay, nothing pending.
         assert_eq!(engine.poll_timeout(), None);
+    }
+
+    fn sent(engine: &mut RelayEngine<u8>, peer: u8) -> Vec<RelayMessage> {
+        std::iter::from_fn(|| engine.poll_transmit(&peer)).collect()
+    }
+
+    fn events(engine: &mut RelayEngine<u8>) -> Vec<RelayEvent<u8>> {
+        std::iter::from_fn(|| engine.poll_event()).collect()
+    }
+
+    /// A stored parent, and a child block of `txs` on it, signed by its producer.
+    fn parent_and_child(key: &Keypair, txs: Vec<Transaction>) -> (Block, Block) {
+        let parent = Block::build(key, BlockHash([0; 32]), Height(0), TimestampMs(0), vec![]);
+        let child = Block::build(key, parent.hash(), Height(1), TimestampMs(1_000), txs);
+        (parent, child)
+    }
+
+    fn engine_with_peers(peers: &[u8]) -> RelayEngine<u8> {
+        let mut engine = RelayEngine::new(PropagationConfig::default(), 1);
+        for p in peers {
+            engine.add_peer(*p, Capabilities::NONE);
+        }
+        engine
+    }
+
+    /// BIP152 high-bandwidth relay: a compact block whose header is valid is queued to the peers
+    /// that lack it before its body is imported; the import runs when the adapter asks, after
+    /// it has sent the frames.
+    #[test]
+    fn a_compact_block_is_queued_to_peers_before_its_body_is_imported() {
+        let key = Keypair::from_secret(&[7; 32]);
+        let txs = vec![tx(&key, 1), tx(&key, 2)];
+        let (parent, block) = parent_and_child(&key, txs.clone());
+        let hash = block.hash();
+        let mut host = Mempool::default();
+        host.1.insert(parent.hash(), parent);
+        for t in txs {
+            host.0.insert(t.id(), t);
+        }
+        let mut engine = engine_with_peers(&[1, 2, 3]);
+        let now = Instant::now();
+        let compact = CompactBlock::of(&block);
+        engine.handle_message_deferred(
+            now,
+            1,
+            RelayMessage::CompactBlock(compact.clone()),
+            &mut host,
+        );
+        // Queued to 2 and 3 (not back to 1), and nothing imported yet.
+        for peer in [2, 3] {
+            assert_eq!(
+                sent(&mut engine, peer),
+                vec![RelayMessage::CompactBlock(compact.clone())]
+            );
+        }
+        assert!(sent(&mut engine, 1).is_empty());
+        assert!(engine.has_pending_imports());
+        assert!(!host.has_block(&hash), "imported before the relay left");
+        assert!(
+            !events(&mut engine)
+                .iter()
+                .any(|e| matches!(e, RelayEvent::NewBlock { .. }))
+        );
+        // A peer asking for the body meanwhile waits for the import instead of a NotFound.
+        engine.handle_message_deferred(
+            now,
+            2,
+            RelayMessage::BlockTxnsRequest {
+                block: hash,
+                indexes: vec![1],
+            },
+            &mut host,
+        );
+        assert!(sent(&mut engine, 2).is_empty());
+
+        let imports = engine.run_pending_imports(now, &mut host);
+        assert_eq!(
+            imports,
+            vec![BlockImport {
+                hash,
+                from: Some(1),
+                verdict: BlockVerdict::Imported
+            }]
+        );
+        assert!(host.has_block(&hash) && !engine.has_pending_imports());
+        assert_eq!(
+            sent(&mut engine, 2),
+            vec![RelayMessage::BlockTxns {
+                block: hash,
+                txs: vec![block.txs[1].clone()]
+            }]
+        );
+        let events = events(&mut engine);
+        assert!(events.contains(&RelayEvent::NewBlock {
+            hash,
+            from: Some(1)
+        }));
+        assert!(events.contains(&RelayEvent::UsefulDelivery(1)));
+        // The relay happened once: a second copy is a duplicate, and nothing more is queued.
+        engine.handle_message(now, 3, RelayMessage::CompactBlock(compact), &mut host);
+        assert!(sent(&mut engine, 2).is_empty() && sent(&mut engine, 1).is_empty());
+        assert_eq!(engine.metrics().block.duplicates, 1);
+    }
+
+    /// A compact block missing transactions is relayed on its header too, without waiting for
+    /// the missing transactions' round trip.
+    #[test]
+    fn a_compact_block_is_relayed_before_its_missing_transactions_arrive() {
+        let key = Keypair::from_secret(&[8; 32]);
+        let (parent, block) = parent_and_child(&key, vec![tx(&key, 1)]);
+        let mut host = Mempool::default();
+        host.1.insert(parent.hash(), parent);
+        let mut engine = engine_with_peers(&[1, 2]);
+        let now = Instant::now();
+        let compact = CompactBlock::of(&block);
+        engine.handle_message_deferred(
+            now,
+            1,
+            RelayMessage::CompactBlock(compact.clone()),
+            &mut host,
+        );
+        assert_eq!(
+            sent(&mut engine, 2),
+            vec![RelayMessage::CompactBlock(compact)]
+        );
+        assert_eq!(
+            sent(&mut engine, 1),
+            vec![RelayMessage::BlockTxnsRequest {
+                block: block.hash(),
+                indexes: vec![0]
+            }]
+        );
+        assert!(!engine.has_pending_imports());
+        engine.handle_message_deferred(
+            now,
+            1,
+            RelayMessage::BlockTxns {
+                block: block.hash(),
+                txs: block.txs.clone(),
+            },
+            &mut host,
+        );
+        assert!(engine.has_pending_imports());
+        engine.run_pending_imports(now, &mut host);
+        assert!(host.has_block(&block.hash()));
+    }
+
+    /// The producer signed a block whose body is invalid (a transaction with a forged
+    /// signature). We relay its compact form on the valid header, as BIP152 does; the import
+    /// then fails. Nobody who merely relayed it is blamed, nobody is served its body, and
+    /// requests that waited for it are answered `NotFound`.
+    #[test]
+    fn an_invalid_body_relayed_on_its_header_is_not_served_and_its_relayer_not_blamed() {
+        let key = Keypair::from_secret(&[9; 32]);
+        let good = tx(&key, 1);
+        let mut forged = tx(&key, 2);
+        forged.signature.0[0] ^= 1;
+        let (parent, block) = parent_and_child(&key, vec![good.clone(), forged.clone()]);
+        let hash = block.hash();
+        let mut host = Mempool::default();
+        host.1.insert(parent.hash(), parent);
+        host.0.insert(good.id(), good);
+        let mut engine = engine_with_peers(&[1, 2, 3]);
+        let now = Instant::now();
+        engine.handle_message_deferred(
+            now,
+            1,
+            RelayMessage::CompactBlock(CompactBlock::of(&block)),
+            &mut host,
+        );
+        assert!(matches!(
+            sent(&mut engine, 2).as_slice(),
+            [RelayMessage::CompactBlock(_)]
+        ));
+        sent(&mut engine, 1);
+        sent(&mut engine, 3);
+        // Peer 1 supplies the missing (forged) transaction; peer 2 asks for the body before and
+        // after the rebuild completes.
+        engine.handle_message_deferred(
+            now,
+            2,
+            RelayMessage::Request(vec![InvItem::Block(hash)]),
+            &mut host,
+        );
+        engine.handle_message_deferred(
+            now,
+            1,
+            RelayMessage::BlockTxns {
+                block: hash,
+                txs: vec![forged],
+            },
+            &mut host,
+        );
+        engine.handle_message_deferred(
+            now,
+            3,
+            RelayMessage::BlockTxnsRequest {
+                block: hash,
+                indexes: vec![0, 1],
+            },
+            &mut host,
+        );
+        assert!(sent(&mut engine, 2).is_empty() && sent(&mut engine, 3).is_empty());
+        let imports = engine.run_pending_imports(now, &mut host);
+        assert_eq!(imports[0].verdict, BlockVerdict::Invalid);
+        // A short-id collision looks the same: the full block is asked of the sender, which
+        // never validated it either and says so.
+        assert_eq!(
+            sent(&mut engine, 1),
+            vec![RelayMessage::Request(vec![InvItem::Block(hash)])]
+        );
+        engine.handle_message(
+            now,
+            1,
+            RelayMessage::NotFound(vec![InvItem::Block(hash)]),
+            &mut host,
+        );
+        let not_found = RelayMessage::NotFound(vec![InvItem::Block(hash)]);
+        assert_eq!(sent(&mut engine, 2), vec![not_found.clone()]);
+        assert_eq!(sent(&mut engine, 3), vec![not_found.clone()]);
+        // Later requests: still not served.
+        for msg in [
+            RelayMessage::Request(vec![InvItem::Block(hash)]),
+            RelayMessage::BlockTxnsRequest {
+                block: hash,
+                indexes: vec![0],
+            },
+        ] {
+            engine.handle_message(now, 2, msg, &mut host);
+        }
+        assert_eq!(sent(&mut engine, 2), vec![not_found.clone(), not_found]);
+        let events = events(&mut engine);
+        assert!(
+            !events
+                .iter()
+                .any(|e| matches!(e, RelayEvent::Penalty { .. } | RelayEvent::NewBlock { .. })),
+            "{events:?}"
+        );
+        assert!(!host.has_block(&hash));
+    }
+
+    /// A full block is served only after the server's chain validated it: one that fails import
+    /// is the server's fault (`InvalidBlockBody`), unlike a compact block relayed on its header.
+    #[test]
+    fn a_full_block_with_an_invalid_body_costs_its_server() {
+        let key = Keypair::from_secret(&[10; 32]);
+        let mut forged = tx(&key, 2);
+        forged.signature.0[0] ^= 1;
+        let (parent, block) = parent_and_child(&key, vec![forged]);
+        let hash = block.hash();
+        let mut host = Mempool::default();
+        host.1.insert(parent.hash(), parent);
+        let mut engine = engine_with_peers(&[1, 2]);
+        let now = Instant::now();
+        // Wrong short ids under the valid header: the rebuild fails, the block is fetched.
+        let mut wrong = CompactBlock::of(&block);
+        wrong.short_ids.clear();
+        engine.handle_message(now, 1, RelayMessage::CompactBlock(wrong), &mut host);
+        assert!(sent(&mut engine, 1).contains(&RelayMessage::Request(vec![InvItem::Block(hash)])));
+        assert!(
+            !events(&mut engine)
+                .iter()
+                .any(|e| matches!(e, RelayEvent::Penalty { .. }))
+        );
+        engine.handle_message(now, 1, RelayMessage::Block(block), &mut host);
+        assert_eq!(
+            events(&mut engine),
+            vec![RelayEvent::Penalty {
+                peer: 1,
+                offence: Offence::InvalidBlockBody
+            }]
+        );
+        assert!(
+            !sent(&mut engine, 2)
+                .iter()
+                .any(|m| matches!(m, RelayMessage::Block(_)))
+        );
+    }
+
+    /// Our own block goes out before its import, and a failed import is reported to the caller;
+    /// a block whose header fails is not pushed at all.
+    #[test]
+    fn a_new_local_block_is_pushed_first_and_its_import_reported() {
+        let key = Keypair::from_secret(&[11; 32]);
+        let good = tx(&key, 1);
+        let (parent, block) = parent_and_child(&key, vec![good]);
+        let hash = block.hash();
+        let mut host = Mempool::default();
+        host.1.insert(parent.hash(), parent.clone());
+        let mut engine = engine_with_peers(&[1]);
+        let now = Instant::now();
+        engine.propagate_new_block(now, block.clone(), &mut host);
+        assert_eq!(
+            sent(&mut engine, 1),
+            vec![RelayMessage::CompactBlock(CompactBlock::of(&block))]
+        );
+        assert!(!host.has_block(&hash));
+        assert_eq!(
+            engine.run_pending_imports(now, &mut host),
+            vec![BlockImport {
+                hash,
+                from: None,
+                verdict: BlockVerdict::Imported
+            }]
+        );
+        assert!(events(&mut engine).contains(&RelayEvent::NewBlock { hash, from: None }));
+
+        // A valid header over an invalid body: pushed, then reported and never served.
+        let mut forged = tx(&key, 3);
+        forged.signature.0[0] ^= 1;
+        let refused = Block::build(&key, hash, Height(2), TimestampMs(2_000), vec![forged]);
+        engine.propagate_new_block(now, refused.clone(), &mut host);
+        assert_eq!(sent(&mut engine, 1).len(), 1);
+        let imports = engine.run_pending_imports(now, &mut host);
+        assert_eq!(imports[0].verdict, BlockVerdict::Invalid);
+        engine.handle_message(
+            now,
+            1,
+            RelayMessage::Request(vec![InvItem::Block(refused.hash())]),
+            &mut host,
+        );
+        assert_eq!(
+            sent(&mut engine, 1),
+            vec![RelayMessage::NotFound(vec![InvItem::Block(refused.hash())])]
+        );
+
+        // A bad header (signed by a key that is not the block's producer): never pushed.
+        let mut bad = Block::build(&key, hash, Height(2), TimestampMs(3_000), vec![]);
+        bad.header.timestamp_ms = TimestampMs(3_001);
+        engine.propagate_new_block(now, bad.clone(), &mut host);
+        assert!(sent(&mut engine, 1).is_empty());
+        let imports = engine.run_pending_imports(now, &mut host);
+        assert_eq!(imports[0].verdict, BlockVerdict::Invalid);
+    }
+
+    /// A host that records how it was asked.
+    #[derive(Default)]
+    struct Counting(Mempool, Vec<usize>);
+
+    impl RelayHost for Counting {
+        fn submit_transaction(&mut self, tx: Transaction) -> TxVerdict {
+            self.1.push(1);
+            self.0.submit_transaction(tx)
+        }
+        fn submit_transactions(&mut self, txs: Vec<Transaction>) -> Vec<TxVerdict> {
+            self.1.push(txs.len());
+            txs.into_iter()
+                .map(|tx| self.0.submit_transaction(tx))
+                .collect()
+        }
+        fn transaction(&self, id: &TxId) -> Option<Transaction> {
+            self.0.transaction(id)
+        }
+        fn has_transaction(&self, id: &TxId) -> bool {
+            self.0.has_transaction(id)
+        }
+        fn mempool_ids(&self) -> Vec<TxId> {
+            self.0.mempool_ids()
+        }
+        fn check_header(&mut self, header: &BlockHeader) -> HeaderVerdict {
+            self.0.check_header(header)
+        }
+        fn submit_block(&mut self, block: Block) -> BlockVerdict {
+            self.0.submit_block(block)
+        }
+        fn block(&self, hash: &BlockHash) -> Option<Block> {
+            self.0.block(hash)
+        }
+        fn has_block(&self, hash: &BlockHash) -> bool {
+            self.0.has_block(hash)
+        }
+    }
+
+    /// A `Transactions` batch goes to the host in one call; repeated ids in it are judged as one
+    /// by one would: a forgery first does not shadow the real copy, a copy after an accepted one
+    /// is a duplicate.
+    #[test]
+    fn a_transaction_batch_is_validated_in_one_host_call_with_one_by_one_outcomes() {
+        let key = Keypair::from_secret(&[12; 32]);
+        let (a, b) = (tx(&key, 1), tx(&key, 2));
+        let mut forged = a.clone();
+        forged.signature.0[0] ^= 1;
+        let mut host = Counting::default();
+        let mut engine = engine_with_peers(&[1, 2]);
+        let now = Instant::now();
+        engine.handle_message(
+            now,
+            1,
+            RelayMessage::Transactions(vec![forged.clone(), a.clone(), b.clone(), a.clone()]),
+            &mut host,
+        );
+        // One call for the three distinct ids, one more for the real `a` after its forgery.
+        assert_eq!(host.1, vec![2, 1]);
+        assert_eq!(host.0.0.get(&a.id()), Some(&a));
+        assert!(host.0.0.contains_key(&b.id()));
+        let events = events(&mut engine);
+        let penalties = events
+            .iter()
+            .filter(|e| matches!(e, RelayEvent::Penalty { .. }))
+            .count();
+        assert_eq!(penalties, 1);
+        for id in [a.id(), b.id()] {
+            assert!(events.contains(&RelayEvent::NewTransaction { id, from: Some(1) }));
+        }
+        assert_eq!(engine.metrics().tx.received, 2);
+        assert_eq!(engine.metrics().tx.duplicates, 1);
+        // Both relayed on to peer 2 once the batch delay passes.
+        engine.handle_timeout(now + Duration::from_secs(1));
+        let to_2 = sent(&mut engine, 2);
+        let relayed: usize = to_2
+            .iter()
+            .map(|m| match m {
+                RelayMessage::Transactions(t) => t.len(),
+                RelayMessage::Announce(i) => i.len(),
+                _ => 0,
+            })
+            .sum();
+        assert_eq!(relayed, 2, "{to_2:?}");
     }
 }

@@ -12,8 +12,8 @@ use playergold_primitives::{
 };
 use playergold_protocol::Capabilities;
 use playergold_protocol::relay::{
-    BlockVerdict, HeaderVerdict, PropagationConfig, RelayEngine, RelayEvent, RelayHost,
-    RelayMessage, TxVerdict,
+    BlockImport, BlockVerdict, HeaderVerdict, PropagationConfig, RelayEngine, RelayEvent,
+    RelayHost, RelayMessage, TxVerdict,
 };
 
 /// The chain and mempool of one simulated node: just enough validation to tell good from bad.
@@ -262,10 +262,7 @@ impl Sim {
                 };
                 let bytes = self.in_flight.remove(&seq).expect("in flight");
                 let msg: RelayMessage = codec::decode(&bytes).expect("decodes");
-                let node = &mut self.nodes[to];
-                node.engine
-                    .handle_message(self.now, from, msg, &mut node.host);
-                self.drain(to);
+                self.deliver(from, to, msg);
             } else {
                 for i in 0..self.nodes.len() {
                     if self.nodes[i]
@@ -305,7 +302,8 @@ impl Sim {
         self.drain(node);
     }
 
-    /// `node` produces a block on genesis with `txs`, imports it and propagates it.
+    /// `node` produces a block on genesis with `txs` and propagates it as the node does: pushed
+    /// first, imported right after.
     pub(crate) fn produce(&mut self, node: usize, txs: Vec<Transaction>) -> Block {
         let block = Block::build(
             &self.producer,
@@ -316,17 +314,40 @@ impl Sim {
         );
         let now = self.now;
         let n = &mut self.nodes[node];
-        assert_eq!(n.host.submit_block(block.clone()), BlockVerdict::Imported);
-        n.engine.propagate_block(now, block.clone());
+        n.engine
+            .propagate_new_block(now, block.clone(), &mut n.host);
+        self.drain(node);
+        let n = &mut self.nodes[node];
+        let imports = n.engine.run_pending_imports(now, &mut n.host);
+        assert_eq!(
+            imports,
+            vec![BlockImport {
+                hash: block.hash(),
+                from: None,
+                verdict: BlockVerdict::Imported
+            }]
+        );
         self.drain(node);
         block
     }
 
     /// Injects a raw message from `from` to `to` (a misbehaving peer).
     pub(crate) fn inject(&mut self, from: usize, to: usize, msg: RelayMessage) {
+        self.deliver(from, to, msg);
+    }
+
+    /// Hands `msg` to `to` as the relay service does: what it queues goes on the wire before
+    /// any block import it leads to runs.
+    fn deliver(&mut self, from: usize, to: usize, msg: RelayMessage) {
         let now = self.now;
         let node = &mut self.nodes[to];
-        node.engine.handle_message(now, from, msg, &mut node.host);
+        node.engine
+            .handle_message_deferred(now, from, msg, &mut node.host);
         self.drain(to);
+        let node = &mut self.nodes[to];
+        if node.engine.has_pending_imports() {
+            node.engine.run_pending_imports(now, &mut node.host);
+            self.drain(to);
+        }
     }
 }

@@ -127,6 +127,25 @@ impl RelayHost for ChainHost {
         }
     }
 
+    fn submit_transactions(&mut self, txs: Vec<Transaction>) -> Vec<TxVerdict> {
+        // Signatures checked together outside the chain lock, one lock for the inserts.
+        let results = self.chain.submit_transactions(txs, TimestampMs::now());
+        results
+            .into_iter()
+            .map(|result| match result {
+                Ok(id) => {
+                    self.tracked.insert(id);
+                    TxVerdict::Accepted
+                }
+                Err(e) => {
+                    let verdict = tx_verdict(&e);
+                    self.last_tx_error = Some(e.to_string());
+                    verdict
+                }
+            })
+            .collect()
+    }
+
     fn transaction(&self, id: &TxId) -> Option<Transaction> {
         self.chain.mempool_get(id)
     }
@@ -348,6 +367,31 @@ mod tests {
         assert_eq!(f.host.submit_block(block), BlockVerdict::Imported);
         assert!(f.host.mempool_ids().is_empty());
         assert!(f.host.has_transaction(&good.id()));
+    }
+
+    #[test]
+    fn a_batch_is_judged_as_one_by_one_and_tracked() {
+        let mut f = fixture();
+        let good = tx(1);
+        let mut forged = tx(2);
+        forged.amount = Amount(1_000);
+        let verdicts = f
+            .host
+            .submit_transactions(vec![good.clone(), forged, tx(3), good.clone()]);
+        assert_eq!(
+            verdicts,
+            vec![
+                TxVerdict::Accepted,
+                TxVerdict::Invalid,
+                TxVerdict::Accepted,
+                TxVerdict::Known
+            ]
+        );
+        let mut ids = f.host.mempool_ids();
+        ids.sort();
+        let mut want = vec![good.id(), tx(3).id()];
+        want.sort();
+        assert_eq!(ids, want);
     }
 
     #[test]

@@ -5,10 +5,15 @@ use std::time::Duration;
 use futures::future::join_all;
 use playergold_chain::ChainBackend;
 use playergold_protocol::Capabilities;
-use playergold_protocol::relay::PropagationConfig;
+use playergold_protocol::relay::{
+    BlockVerdict, CompactBlock, InvItem, PropagationConfig, RelayMessage,
+};
+use playergold_services::RelayError;
 use playergold_services::relay::MessageKind;
 
-use crate::support::{Devnet, init_tracing, spawn_nodes, tx, wire};
+use crate::support::{
+    Devnet, RawPeer, RelayNode, forged_tx, init_tracing, recv, send, spawn_nodes, tx, wire,
+};
 
 const NODES: usize = 20;
 const SETUP: Duration = Duration::from_secs(40);
@@ -139,4 +144,58 @@ async fn a_block_is_rebuilt_from_mempools_without_a_full_block_transfer() {
         "compact {per_copy} bytes vs full {full} bytes"
     );
     join_all(nodes.into_iter().map(|n| n.stop())).await;
+}
+
+/// Our own block is pushed on its valid header before it is imported: a block whose body then
+/// fails import has already gone out (the producer learns of the failure), and its body is never
+/// served to the peers that got the push.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_goes_out_on_its_header_and_an_invalid_body_is_never_served() {
+    init_tracing();
+    let devnet = Devnet::new();
+    let mut node = RelayNode::spawn(
+        &devnet,
+        160,
+        PropagationConfig::default(),
+        Capabilities::NONE,
+    )
+    .await;
+    let mut peer = RawPeer::spawn(&devnet, 161).await;
+    let (mut to_node, mut from_node) = peer.connect(&node).await;
+    node.wait_relay_peers(1, SETUP).await;
+
+    // A validly signed header over a transaction whose signature does not verify.
+    let block = devnet.block_with(&node.chain, vec![tx(1, 0), forged_tx(2, 0)]);
+    let hash = block.hash();
+    let refused = node.relay.propagate_block(block.clone()).await;
+    assert!(
+        matches!(
+            refused,
+            Err(RelayError::BlockRejected {
+                verdict: BlockVerdict::Invalid,
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+    assert!(!node.chain.has_block(&hash));
+    // Yet it went out: the push left on the header, before the import.
+    assert_eq!(
+        recv(&mut from_node, SPREAD).await,
+        RelayMessage::CompactBlock(CompactBlock::of(&block))
+    );
+    // Neither its transactions nor the block are served.
+    let not_found = RelayMessage::NotFound(vec![InvItem::Block(hash)]);
+    for ask in [
+        RelayMessage::BlockTxnsRequest {
+            block: hash,
+            indexes: vec![0, 1],
+        },
+        RelayMessage::Request(vec![InvItem::Block(hash)]),
+    ] {
+        send(&mut to_node, &ask).await;
+        assert_eq!(recv(&mut from_node, SPREAD).await, not_found);
+    }
+    node.stop().await;
+    peer.net.stop().await;
 }
