@@ -240,6 +240,31 @@ async fn healthy(api: SocketAddr) -> bool {
         .is_ok()
 }
 
+/// Waits until every node in `nodes` serves its API (or one exits, or [`START_TIMEOUT`]).
+async fn wait_healthy_all(procs: &mut [NodeProcess], nodes: &[DevnetNode]) -> anyhow::Result<()> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    for (node, proc) in nodes.iter().zip(procs.iter_mut()) {
+        while !healthy(node.api).await {
+            if let Ok(Some(status)) = proc.child.try_wait() {
+                bail!(
+                    "node {} exited ({status}) while starting: see {}",
+                    proc.index,
+                    node.data_dir.join("node.log").display()
+                );
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "node {} did not serve its API within {START_TIMEOUT:?}: see {}",
+                    proc.index,
+                    node.data_dir.join("node.log").display()
+                );
+            }
+            tokio::time::sleep(SUPERVISE_INTERVAL).await;
+        }
+    }
+    Ok(())
+}
+
 /// `playergold devnet`.
 pub(crate) fn run(args: DevnetArgs) -> anyhow::Result<()> {
     let file = load_or_create(&args)?;
@@ -249,6 +274,9 @@ pub(crate) fn run(args: DevnetArgs) -> anyhow::Result<()> {
     }
     let exe = std::env::current_exe().context("cannot find the playergold binary itself")?;
     let n = u32::try_from(file.nodes.len()).unwrap_or(u32::MAX);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let mut procs = Vec::with_capacity(file.nodes.len());
     for (i, node) in file.nodes.iter().enumerate() {
         let log_path = node.data_dir.join("node.log");
@@ -269,10 +297,16 @@ pub(crate) fn run(args: DevnetArgs) -> anyhow::Result<()> {
             .spawn()
             .with_context(|| format!("cannot start node {i}"))?;
         procs.push(NodeProcess { index: i, child });
+        if i == 0 {
+            // Everyone bootstraps from node 0: let it listen before the others dial it, so
+            // nobody starts with a failed bootstrap dial and its backoff.
+            let ready = runtime.block_on(wait_healthy_all(&mut procs[..1], &file.nodes[..1]));
+            if let Err(e) = ready {
+                stop_all(&mut procs);
+                return Err(e);
+            }
+        }
     }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
     let result = runtime.block_on(supervise(&args, &file, &mut procs));
     stop_all(&mut procs);
     println!("devnet stopped");
@@ -289,26 +323,7 @@ async fn supervise(
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    let deadline = Instant::now() + START_TIMEOUT;
-    for (node, proc) in file.nodes.iter().zip(procs.iter_mut()) {
-        while !healthy(node.api).await {
-            if let Ok(Some(status)) = proc.child.try_wait() {
-                bail!(
-                    "node {} exited ({status}) while starting: see {}",
-                    proc.index,
-                    node.data_dir.join("node.log").display()
-                );
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "node {} did not serve its API within {START_TIMEOUT:?}: see {}",
-                    proc.index,
-                    node.data_dir.join("node.log").display()
-                );
-            }
-            tokio::time::sleep(SUPERVISE_INTERVAL).await;
-        }
-    }
+    wait_healthy_all(procs, &file.nodes).await?;
     println!(
         "devnet of {} nodes running (network {}):",
         file.nodes.len(),

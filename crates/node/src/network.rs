@@ -43,6 +43,9 @@ pub(crate) fn network_config(
     net.mdns = config.mdns;
     net.dht = config.dht;
     if config.allow_local_addresses {
+        // A devnet runs every node on 127.0.0.1: the per-IP inbound limit (a defence against
+        // one host taking many slots on the public network) would cap it at a handful of nodes.
+        net.max_inbound_per_ip = config.max_peers;
         // Devnets and private networks: every node is reachable, so every node serves the DHT
         // (on the public network a node serves once it knows it is reachable).
         net.dht_mode = playergold_net::config::DhtMode::Server;
