@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use playergold_bench::propagation::{self, DEFAULT_BACKLOG, DEFAULT_MAX_BLOCK_TXS, Options};
 use playergold_bench::rtt::DEFAULT_RTT_FILE;
+use playergold_protocol::relay::Fanout;
 
 #[derive(Parser, Debug)]
 #[command(name = "playergold-bench", about = "PlayerGold benchmarks")]
@@ -68,6 +69,25 @@ struct PropagationArgs {
     /// Seconds from gossipsub's start to its workload (its first heartbeat comes at 5 s).
     #[arg(long, default_value_t = 6.0)]
     gossip_warmup_seconds: f64,
+    /// Peers our relay pushes each transaction to in full, the others getting its id: `sqrt`
+    /// (the default, ⌈√peers⌉), a count (`2`) or a fraction of the peers (`0.5`).
+    #[arg(long, default_value = "sqrt", value_parser = parse_fanout)]
+    tx_fanout: Fanout,
+}
+
+fn parse_fanout(s: &str) -> Result<Fanout, String> {
+    if s == "sqrt" {
+        return Ok(Fanout::Sqrt);
+    }
+    if let Ok(n) = s.parse::<usize>() {
+        return Ok(Fanout::Fixed(n));
+    }
+    match s.parse::<f64>() {
+        Ok(f) if (0.0..=1.0).contains(&f) => Ok(Fanout::Fraction(f)),
+        _ => Err(format!(
+            "{s:?} is not a fanout: use sqrt, a peer count or a fraction in [0, 1]"
+        )),
+    }
 }
 
 fn secs(name: &str, s: f64) -> anyhow::Result<Duration> {
@@ -105,6 +125,7 @@ async fn propagation_command(args: PropagationArgs) -> anyhow::Result<()> {
         rtt_file: args.rtt_file,
         drain: secs("drain-seconds", args.drain_seconds)?,
         gossip_warmup: secs("gossip-warmup-seconds", args.gossip_warmup_seconds)?,
+        tx_fanout: args.tx_fanout,
     };
     let report = propagation::run(&opts).await?;
     print!("{}", report.table());

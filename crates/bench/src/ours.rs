@@ -1,6 +1,6 @@
 //! Our system: per node a chain (redb on tmpfs), a `playergold-net` network with the overlay's
 //! link delays, and the relay service (`playergold-services`) with the default
-//! [`PropagationConfig`].
+//! [`PropagationConfig`] (or the bench's `--tx-fanout`).
 //!
 //! The overlay is fixed: nodes dial nobody by themselves (`min_peers = 0`, no bootstrap, no
 //! persistent peers) and the bench dials each overlay link from its dialler with
@@ -209,16 +209,17 @@ fn scratch_dir() -> std::io::Result<tempfile::TempDir> {
 }
 
 impl OursNet {
-    /// Starts one node per overlay node, all validators of a fresh devnet genesis, submits
-    /// `backlog` at every node while they are still unconnected (so every mempool holds it and
-    /// no relay traffic results), then dials the overlay. Returns once the relay runs both ways
-    /// on every link.
+    /// Starts one node per overlay node (relay settings `relay_config`), all validators of a
+    /// fresh devnet genesis, submits `backlog` at every node while they are still unconnected
+    /// (so every mempool holds it and no relay traffic results), then dials the overlay. Returns
+    /// once the relay runs both ways on every link.
     pub async fn start(
         overlay: Arc<Overlay>,
         recorder: Recorder,
         seed: u64,
         backlog: &[Transaction],
         ready_timeout: Duration,
+        relay_config: &PropagationConfig,
     ) -> Result<Self, OursError> {
         let n = overlay.len();
         let validators: Vec<Keypair> = (0..n).map(|i| derived_key(seed, "validator", i)).collect();
@@ -296,7 +297,7 @@ impl OursNet {
             let (relay, relay_task) = RelayService::start(
                 net.clone(),
                 chain.clone(),
-                PropagationConfig::default(),
+                relay_config.clone(),
                 Capabilities::NONE,
             )
             .map_err(|e| OursError::Relay {

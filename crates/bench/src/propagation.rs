@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use playergold_primitives::{TimestampMs, codec};
-use playergold_protocol::relay::{CompactBlock, RelayMessage};
+use playergold_protocol::relay::{CompactBlock, Fanout, PropagationConfig, RelayMessage};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -83,6 +83,9 @@ pub struct Options {
     /// Time from gossipsub's start to its workload: its first heartbeat (5 s by default) must
     /// have built the meshes.
     pub gossip_warmup: Duration,
+    /// How many peers our relay pushes a transaction to in full (the rest get its id):
+    /// `PropagationConfig::gossip_factor`.
+    pub tx_fanout: Fanout,
 }
 
 impl Default for Options {
@@ -99,6 +102,7 @@ impl Default for Options {
             rtt_file: PathBuf::from(DEFAULT_RTT_FILE),
             drain: Duration::from_secs(10),
             gossip_warmup: Duration::from_secs(6),
+            tx_fanout: PropagationConfig::default().gossip_factor,
         }
     }
 }
@@ -162,6 +166,7 @@ pub async fn run(opts: &Options) -> Result<Report, BenchError> {
         max_block_txs: opts.max_block_txs,
         backlog: opts.backlog,
         seed: opts.seed,
+        tx_fanout: format!("{:?}", opts.tx_fanout),
         cpus: std::thread::available_parallelism().map_or(1, usize::from),
         load_average: (load_start, load_average()),
     };
@@ -204,6 +209,10 @@ async fn run_ours(
         opts.seed,
         &backlog,
         READY_TIMEOUT,
+        &PropagationConfig {
+            gossip_factor: opts.tx_fanout,
+            ..PropagationConfig::default()
+        },
     )
     .await?;
     drop(backlog);

@@ -31,6 +31,8 @@ pub struct RunConfig {
     pub backlog: usize,
     /// RNG seed (overlay, regions, workload).
     pub seed: u64,
+    /// Our relay's transaction push fanout (`PropagationConfig::gossip_factor`).
+    pub tx_fanout: String,
     /// CPUs this process may use.
     pub cpus: usize,
     /// The machine's 1-minute load average when the run started and when it ended: above the
@@ -166,8 +168,8 @@ impl Report {
         let _ = writeln!(
             out,
             "propagation: {} nodes, {} links (mean degree {:.1}), {} regions, {:.0} s, {} tx/s, \
-             a block every {} ms (<= {} txs, backlog {}), seed {}; {} CPUs, load average {:.1} \
-             -> {:.1}",
+             a block every {} ms (<= {} txs, backlog {}), seed {}, our tx fanout {}; {} CPUs, load \
+             average {:.1} -> {:.1}",
             c.nodes,
             c.links,
             c.mean_degree,
@@ -178,6 +180,7 @@ impl Report {
             c.max_block_txs,
             c.backlog,
             c.seed,
+            c.tx_fanout,
             c.cpus,
             c.load_average.0,
             c.load_average.1
