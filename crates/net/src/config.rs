@@ -143,7 +143,9 @@ pub struct NetworkConfig {
     pub persistent_peers: Vec<Multiaddr>,
     /// Outbound target: below it, the node dials from its address book.
     pub min_peers: usize,
-    /// Most peers in total.
+    /// Most peers in total. DHT lookups briefly add connections on top: the inbound ones on
+    /// probation (`policy::PROBATION_SLOTS`), the outbound ones until idle
+    /// (`policy::DISCOVERY_CONNECTION_GRACE`).
     pub max_peers: usize,
     /// Slots kept for outbound peers; inbound slots are `max_peers - outbound_reserve`.
     pub outbound_reserve: usize,

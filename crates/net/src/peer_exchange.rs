@@ -2,7 +2,8 @@
 //!
 //! A node asks a peer for addresses (an empty request) and gets back up to
 //! [`MAX_PEERS_PER_RESPONSE`] peers with at most [`MAX_ADDRS_PER_RESPONSE`] addresses in all,
-//! only addresses the answering node verified by dialling them itself. Requests go to outbound
+//! only known-good ones: verified by a dial of the answering node, or announced by one of its
+//! connected peers at the IP that peer is connected from. Requests go to outbound
 //! peers right after connecting and, while the node is below its outbound target with nothing to
 //! dial, to connected peers at most once per `addr_request_interval`. Answers are rate-limited
 //! per peer by a token bucket (`addr_response_interval`, `addr_response_burst`); a peer whose

@@ -17,8 +17,9 @@
 //!   existing connection is adopted before anything new is dialled. Only adopted outbound
 //!   peers count towards the outbound target.
 //! - When the inbound slots are full a new inbound peer is accepted on probation (up to
-//!   [`PROBATION_SLOTS`] more); if it is still there after [`PROBATION_PERIOD`], or the
-//!   probation slots are full too, an inbound peer is evicted: the best-score,
+//!   [`PROBATION_SLOTS`] more) if this node serves the DHT (other nodes' lookups dial it); if
+//!   it is still there after [`PROBATION_PERIOD`], or there is no probation slot, an inbound
+//!   peer is evicted: the best-score,
 //!   lowest-latency, recently useful, most diverse and longest-connected peers are protected, and
 //!   the victim is the youngest peer of the most crowded IP group (/16 for IPv4, /32 for IPv6),
 //!   so an attacker with many connections from one group only displaces itself.
@@ -67,7 +68,9 @@ pub const ADDR_REQUESTS_PER_POLL: usize = 2;
 pub const MAX_PROTECTED_PERCENT: usize = 75;
 
 /// An outbound connection that closes sooner than this counts as a failed dial: the peer
-/// refused or evicted us, or is flaky, and the backoff sends our next dials elsewhere.
+/// refused or evicted us, or is flaky, and the backoff sends our next dials elsewhere. Twice
+/// [`PROBATION_PERIOD`], so that a full peer evicting us when our probation there ends counts
+/// as a refusal too (otherwise we would redial the same full peer at once, forever).
 pub const SHORT_LIVED_CONNECTION: Duration = Duration::from_secs(10);
 
 /// Idle time after which an outbound connection we did not ask for closes (Kademlia dials peers
@@ -89,9 +92,9 @@ pub const DISCOVERY_CONNECTION_MAX_AGE: Duration = Duration::from_secs(60);
 
 /// How long a connection may hold a probation slot before the manager evicts someone (maybe
 /// it) to get back within the inbound slots: a lookup's connection closes
-/// [`DISCOVERY_CONNECTION_GRACE`] after its last use, and 20 s covers a slow lookup (a few
-/// round trips and a timed-out peer) plus that idle time.
-pub const PROBATION_PERIOD: Duration = Duration::from_secs(20);
+/// [`DISCOVERY_CONNECTION_GRACE`] after its last use, so twice that covers a lookup of a few
+/// seconds plus the idle time, while a real newcomer waits no longer than needed for its slot.
+pub const PROBATION_PERIOD: Duration = Duration::from_secs(10);
 
 /// First pause between two DHT lookups for AI-capable peers while below the AI quota and the
 /// book knows too few of them; it doubles after each lookup up to
@@ -409,6 +412,7 @@ pub struct ConnectionManager {
     next_capability_lookup: Option<Instant>,
     capability_lookup_delay: Duration,
     short_of_candidates: bool,
+    probation: bool,
     inbound_slots: usize,
     max_inbound_per_ip: usize,
     allow_local_addresses: bool,
@@ -461,6 +465,7 @@ impl ConnectionManager {
             next_capability_lookup: None,
             capability_lookup_delay: CAPABILITY_LOOKUP_MIN_INTERVAL,
             short_of_candidates: false,
+            probation: false,
             inbound_slots: config.inbound_slots(),
             max_inbound_per_ip: config.max_inbound_per_ip,
             allow_local_addresses: config.allow_local_addresses,
@@ -639,7 +644,8 @@ impl ConnectionManager {
         if inbound < self.inbound_slots && total < self.max_peers {
             return Ok(Vec::new());
         }
-        if inbound < self.inbound_slots + PROBATION_SLOTS
+        if self.probation
+            && inbound < self.inbound_slots + PROBATION_SLOTS
             && total < self.max_peers + PROBATION_SLOTS
         {
             // On probation: nobody is evicted unless it stays (see `settle_inbound`).
@@ -991,6 +997,13 @@ impl ConnectionManager {
             .collect();
         out.sort_by_key(|i| i.peer);
         out
+    }
+
+    /// Whether this node serves the DHT. Only DHT servers receive other nodes' lookups, so only
+    /// they accept inbound connections on probation beyond their slots (see
+    /// [`PROBATION_SLOTS`]); any other node evicts at once.
+    pub fn set_dht_server(&mut self, server: bool) {
+        self.probation = server;
     }
 
     /// Whether the last [`ConnectionManager::poll`] found fewer dial candidates in the book than
@@ -1566,34 +1579,38 @@ mod tests {
 
     #[test]
     fn flood_from_one_group_does_not_evict_protected_or_diverse_peers() {
-        // 20 inbound slots; 12 honest peers in distinct groups, some useful, one high score.
-        let cfg = config(0, 20, 0);
-        let mut h = Harness::new(&cfg);
-        let honest: Vec<PeerId> = (0..12).map(|i| h.inbound(ip_addr(10, i, 0, 1)).0).collect();
-        h.mgr.mark_useful(honest[3], h.clock.0);
-        h.mgr.set_score(honest[7], Score(100));
-        h.mgr.on_ping(honest[9], Duration::from_millis(1));
-        // 40 inbound from one /16 group.
-        let mut evicted_attackers = 0;
-        for i in 0..40 {
-            let (_, verdict) = h.inbound(ip_addr(66, 66, 0, i));
-            if let Ok(actions) = verdict {
-                evicted_attackers += actions.len();
+        // With probation (a DHT server) and without, the outcome is the same.
+        for dht_server in [false, true] {
+            // 20 inbound slots; 12 honest peers in distinct groups, some useful, one high score.
+            let cfg = config(0, 20, 0);
+            let mut h = Harness::new(&cfg);
+            h.mgr.set_dht_server(dht_server);
+            let honest: Vec<PeerId> = (0..12).map(|i| h.inbound(ip_addr(10, i, 0, 1)).0).collect();
+            h.mgr.mark_useful(honest[3], h.clock.0);
+            h.mgr.set_score(honest[7], Score(100));
+            h.mgr.on_ping(honest[9], Duration::from_millis(1));
+            // 40 inbound from one /16 group.
+            let mut evicted_attackers = 0;
+            for i in 0..40 {
+                let (_, verdict) = h.inbound(ip_addr(66, 66, 0, i));
+                if let Ok(actions) = verdict {
+                    evicted_attackers += actions.len();
+                }
             }
+            assert!(
+                h.mgr.count(Direction::Inbound) <= 20 + PROBATION_SLOTS,
+                "probation is bounded"
+            );
+            h.settle();
+            for p in &honest {
+                assert!(h.mgr.is_connected(p), "honest peer {p} was evicted");
+            }
+            assert_eq!(h.mgr.count(Direction::Inbound), 20);
+            assert!(
+                evicted_attackers > 0,
+                "the flood evicted its own connections"
+            );
         }
-        assert!(
-            h.mgr.count(Direction::Inbound) <= 20 + PROBATION_SLOTS,
-            "probation is bounded"
-        );
-        h.settle();
-        for p in &honest {
-            assert!(h.mgr.is_connected(p), "honest peer {p} was evicted");
-        }
-        assert_eq!(h.mgr.count(Direction::Inbound), 20);
-        assert!(
-            evicted_attackers > 0,
-            "the flood evicted its own connections"
-        );
     }
 
     #[test]
@@ -1938,6 +1955,7 @@ mod tests {
     fn inbound_beyond_the_slots_waits_on_probation_before_anyone_is_evicted() {
         let cfg = config(0, 4, 0);
         let mut h = Harness::new(&cfg);
+        h.mgr.set_dht_server(true);
         let settled: Vec<PeerId> = (0..4).map(|i| h.inbound(ip_addr(10, i, 0, 1)).0).collect();
         // A lookup's connection: accepted without evicting anyone, gone within probation.
         let (lookup, verdict) = h.inbound(ip_addr(10, 9, 0, 1));

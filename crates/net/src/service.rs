@@ -554,6 +554,12 @@ async fn start_inner(
         // Declared by the operator: announced in identify, and it makes an `Auto` DHT a server.
         swarm.add_external_address(addr.clone());
     }
+    let behaviour = swarm.behaviour_mut();
+    let server = behaviour
+        .kad
+        .as_ref()
+        .is_some_and(|k| k.mode() == kad::Mode::Server);
+    behaviour.gate.manager_mut().set_dht_server(server);
 
     let (events, _) = broadcast::channel(EVENT_CHANNEL_CAPACITY);
     let mut listeners: HashMap<ListenerId, Multiaddr> = HashMap::new();
@@ -1169,6 +1175,11 @@ impl Service {
             }
             kad::Event::ModeChanged { new_mode } => {
                 tracing::info!(mode = %new_mode, "DHT mode changed");
+                self.swarm
+                    .behaviour_mut()
+                    .gate
+                    .manager_mut()
+                    .set_dht_server(new_mode == kad::Mode::Server);
             }
             kad::Event::OutboundQueryProgressed {
                 id, result, step, ..
@@ -1512,20 +1523,25 @@ impl Service {
         }
     }
 
-    /// Addresses to share with `asker`: verified addresses only (a dial of ours succeeded to
-    /// each), our connected peers first, then the most recently seen; never the asker's, and
-    /// (unless allowed) no local addresses. At most [`MAX_PEERS_PER_RESPONSE`] peers and
+    /// Addresses to share with `asker`: known-good ones only, i.e. verified by a dial of ours,
+    /// or announced by a connected peer at the IP it is connected from (it is live there); our
+    /// connected peers first, then the most recently seen; never the asker's, and (unless
+    /// allowed) no local addresses. At most [`MAX_PEERS_PER_RESPONSE`] peers and
     /// [`MAX_ADDRS_PER_RESPONSE`] addresses.
     fn addr_response(&self, asker: PeerId) -> AddrResponse {
         let manager = self.swarm.behaviour().gate.manager();
         let book = manager.book();
-        let connected: HashSet<PeerId> = manager.peers().into_iter().map(|p| p.peer).collect();
+        let connected: HashMap<PeerId, Option<std::net::IpAddr>> = manager
+            .peers()
+            .into_iter()
+            .map(|p| (p.peer, p.ip))
+            .collect();
         let mut out = Vec::new();
         let mut budget = MAX_ADDRS_PER_RESPONSE;
         let mut records: Vec<_> = book.records().collect();
         records.sort_by_key(|r| {
             (
-                !connected.contains(&r.peer),
+                !connected.contains_key(&r.peer),
                 std::cmp::Reverse(r.last_seen),
                 r.peer,
             )
@@ -1537,8 +1553,12 @@ impl Service {
             if record.peer == asker {
                 continue;
             }
+            let live_ip = connected.get(&record.peer).copied().flatten();
             let addrs: Vec<Multiaddr> = record
-                .verified_addrs()
+                .addrs
+                .iter()
+                .filter(|e| e.verified || (live_ip.is_some() && ip_of(&e.addr) == live_ip))
+                .map(|e| &e.addr)
                 .filter(|a| self.allow_local_addresses || crate::addrbook::is_global(a))
                 .take(budget)
                 .cloned()

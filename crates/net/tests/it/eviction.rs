@@ -9,7 +9,7 @@ use playergold_net::testnet::{TestNode, node_ip, quic_addr, test_config};
 use playergold_net::{PeerId, Score};
 
 const ATTACKERS: u8 = 40;
-/// Bound for each wait; the flood settles once probation (`PROBATION_PERIOD`, 20 s) is over.
+/// Bound for each wait; the flood settles once probation (`PROBATION_PERIOD`, 10 s) is over.
 const WAIT: Duration = Duration::from_secs(45);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
