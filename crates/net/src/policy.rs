@@ -68,10 +68,11 @@ pub const ADDR_REQUESTS_PER_POLL: usize = 2;
 pub const MAX_PROTECTED_PERCENT: usize = 75;
 
 /// An outbound connection that closes sooner than this counts as a failed dial: the peer
-/// refused or evicted us, or is flaky, and the backoff sends our next dials elsewhere. Twice
-/// [`PROBATION_PERIOD`], so that a full peer evicting us when our probation there ends counts
-/// as a refusal too (otherwise we would redial the same full peer at once, forever).
-pub const SHORT_LIVED_CONNECTION: Duration = Duration::from_secs(10);
+/// refused or evicted us, or is flaky, and the backoff sends our next dials elsewhere. Longer
+/// than [`PROBATION_PERIOD`] plus a maintenance tick, so that a full DHT server evicting us
+/// when our probation there ends counts as a refusal too (otherwise we would redial the same
+/// full peer at once, forever).
+pub const SHORT_LIVED_CONNECTION: Duration = Duration::from_secs(15);
 
 /// Idle time after which an outbound connection we did not ask for closes (Kademlia dials peers
 /// to query them). Five seconds lets the next steps of a lookup reuse it, and the swarm never

@@ -1010,6 +1010,7 @@ impl Service {
                 self.listen_addrs.retain(|a| *a != address)
             }
             SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
+            SwarmEvent::Dialing { .. } => tracing::debug!("TMPDBG dialing"),
             _ => {}
         }
     }
@@ -1118,7 +1119,9 @@ impl Service {
         let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() else {
             return;
         };
-        if let Err(refusal) = offer_to_table(&mut self.diversity, kad, peer, addr, Instant::now()) {
+        let r = offer_to_table(&mut self.diversity, kad, peer, addr, Instant::now());
+        tracing::debug!(result = ?r, "TMPDBG offer");
+        if let Err(refusal) = r {
             tracing::debug!(%peer, %refusal, "not added to the DHT routing table");
             self.metrics.dht_diversity_refusals.inc();
         }
@@ -1182,8 +1185,21 @@ impl Service {
                     .set_dht_server(new_mode == kad::Mode::Server);
             }
             kad::Event::OutboundQueryProgressed {
-                id, result, step, ..
+                id,
+                result,
+                step,
+                stats,
             } => {
+                if step.last {
+                    let kind = match &result {
+                        QueryResult::Bootstrap(_) => "bootstrap",
+                        QueryResult::GetClosestPeers(_) => "closest",
+                        QueryResult::GetProviders(_) => "providers",
+                        QueryResult::StartProviding(_) => "provide",
+                        _ => "other",
+                    };
+                    tracing::debug!(kind, requests = stats.num_requests(), "TMPDBG query");
+                }
                 self.on_query_result(id, result);
                 if step.last {
                     self.finish_lookup(id);

@@ -15,7 +15,9 @@ const MIN_PEERS: usize = 6;
 const MAX_PEERS: usize = 16;
 /// Bound for the network to settle, and for a node to recover.
 const SETTLE: Duration = Duration::from_secs(60);
-const RECOVER: Duration = Duration::from_secs(30);
+/// (45 s: after the churn, nodes that lost outbound peers must find free inbound slots in a
+/// nearly full network, one backed-off dial at a time, on a CI machine shared with builds.)
+const RECOVER: Duration = Duration::from_secs(45);
 
 fn config(i: usize, bootstrap: &[&TestNode]) -> NetworkConfig {
     let mut cfg = test_config(node_ip(u8::try_from(i).expect("small index")));
@@ -158,19 +160,9 @@ async fn twenty_node_network_keeps_peer_counts_recovers_and_restarts() {
     alive.push(y);
 
     // The whole surviving network is back within bounds.
-    if let Err(e) = wait_all(&alive, RECOVER, |_, p| in_bounds(p)).await {
-        for (i, n) in alive.iter().enumerate() {
-            let p = n.handle.peers().await.expect("peers");
-            eprintln!(
-                "TMP node {i} ip {:?}: {} peers, {} outbound, book {}",
-                n.config.listen_addrs,
-                p.len(),
-                outbound(&p),
-                n.handle.known_peers().await.expect("k")
-            );
-        }
-        panic!("{e}");
-    }
+    wait_all(&alive, RECOVER, |_, p| in_bounds(p))
+        .await
+        .expect("network within bounds after churn");
     for node in alive {
         node.stop().await;
     }
