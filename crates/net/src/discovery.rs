@@ -48,8 +48,11 @@ pub const KAD_PROTOCOL: &str = "kad";
 pub const KAD_VERSION: &str = "1.0.0";
 
 /// Period of Kademlia's own bootstrap (a lookup of our id, then of a random key per bucket).
-/// Five minutes is libp2p's default and keeps a table of a few hundred peers fresh.
-pub const DHT_BOOTSTRAP_INTERVAL: Duration = Duration::from_secs(5 * 60);
+/// Ten minutes is IPFS's routing-table refresh period. One bootstrap is about eight lookups of
+/// a few dozen requests, each to a peer that is rarely connected already, so at libp2p's five
+/// minutes it would be the largest share of a node's background connections; the table stays
+/// fresh anyway because every identified peer is offered to it.
+pub const DHT_BOOTSTRAP_INTERVAL: Duration = Duration::from_secs(10 * 60);
 
 /// Period of our random walks (a lookup of a random id; the peers found go to the address
 /// book) while the book has enough candidates: every five minutes keeps it fresh. A lookup
@@ -116,6 +119,11 @@ pub const MDNS_TTL: Duration = Duration::from_secs(6 * 60);
 /// every announcement it hears resets the timer); libp2p's default, 5 minutes, keeps multicast
 /// traffic negligible on a busy LAN.
 pub const MDNS_QUERY_INTERVAL: Duration = Duration::from_secs(5 * 60);
+
+/// Consecutive failed dials (the address book's count) after which a peer leaves the DHT
+/// routing table: three rules out a blip while keeping dead entries from misleading lookups
+/// for long.
+pub const DHT_EVICT_AFTER_FAILURES: u32 = 3;
 
 /// How often the diversity filter is rebuilt from the routing table (see
 /// [`DiversityFilter::resync`]).
@@ -300,6 +308,13 @@ pub(crate) fn build_kad(
 
 /// Offers `peer` at `addr` to the routing table through the diversity filter, and records
 /// Kademlia's answer in the filter. Returns Kademlia's answer, or why the filter refused.
+///
+/// A new peer whose bucket is full is not offered at all (`Failed`): Kademlia would queue it
+/// as pending and dial the bucket's least recently seen peer to check it is alive, and since
+/// lookup connections close within seconds there is always such a peer; each check that
+/// succeeds drops the pending entry, so the next offer dials again, and the whole network
+/// ends up dialling itself in circles. Old entries are what Kademlia prefers anyway; dead ones
+/// leave through [`remove_unreachable`].
 pub(crate) fn offer_to_table(
     filter: &mut DiversityFilter,
     kad: &mut kad::Behaviour<MemoryStore>,
@@ -309,6 +324,13 @@ pub(crate) fn offer_to_table(
 ) -> Result<RoutingUpdate, DiversityRefusal> {
     let ip: IpAddr = ip_of(&addr).ok_or(DiversityRefusal::NotAnIpAddress)?;
     filter.check(peer, ip)?;
+    if !filter.contains(&peer)
+        && kad
+            .kbucket(peer)
+            .is_some_and(|b| b.num_entries() >= kad::K_VALUE.get())
+    {
+        return Ok(RoutingUpdate::Failed);
+    }
     let update = kad.add_address(&peer, addr);
     match update {
         RoutingUpdate::Success => filter.insert(peer, ip, None),
@@ -316,6 +338,19 @@ pub(crate) fn offer_to_table(
         RoutingUpdate::Failed => {}
     }
     Ok(update)
+}
+
+/// Removes `peer` from the routing table (it failed [`DHT_EVICT_AFTER_FAILURES`] dials in a
+/// row), making room for a live one.
+pub(crate) fn remove_unreachable(
+    filter: &mut DiversityFilter,
+    kad: &mut kad::Behaviour<MemoryStore>,
+    peer: &PeerId,
+) {
+    if kad.remove_peer(peer).is_some() {
+        tracing::debug!(%peer, "removed an unreachable peer from the DHT routing table");
+    }
+    filter.remove(peer);
 }
 
 /// The routing table's entries with the IP of each one's first address, for

@@ -237,6 +237,11 @@ impl DiversityFilter {
         self.entries = fresh;
     }
 
+    /// Whether the filter counts `peer` (in the table or pending).
+    pub fn contains(&self, peer: &PeerId) -> bool {
+        self.entries.contains_key(peer)
+    }
+
     /// Entries the filter counts (in the table or pending).
     pub fn len(&self) -> usize {
         self.entries.len()

@@ -15,8 +15,8 @@
 //!   peer ──UDP──▶ QUIC v1 (TLS 1.3 built in) ──────────────────────────────┤
 //!                                                                           ▼
 //!        libp2p Swarm ── connection-limits, memory limits (refuse first)
-//!          │           ── Gatekeeper ◀──▶ ConnectionManager (sans-IO: accept / evict / dial /
-//!          │                 ▲                 ▲   │          trim, AI-peer quota)
+//!          │           ── Gatekeeper ◀──▶ ConnectionManager (sans-IO: accept, probation,
+//!          │        (keep-alive per conn)      ▲   │   evict, dial, adopt, AI-peer quota)
 //!          │                 │                 │   ▼
 //!          │           ── ping, identify ──────┼─▶ AddressBook ◀──▶ AddressBookStore
 //!          │              (agent carries caps) │     ▲  ▲  ▲         (chain db / memory)
@@ -31,7 +31,7 @@
 //! ```
 //!
 //! Where to look: [`service`] (the task and its [`NetworkHandle`]), [`policy`] (who to accept,
-//! evict, trim and dial), [`addrbook`] (known peers and their persistence), [`discovery`]
+//! evict, adopt and dial), [`addrbook`] (known peers and their persistence), [`discovery`]
 //! (mDNS, DHT, capabilities), [`diversity`] (routing-table IP diversity), [`identity`] (the node
 //! key), [`config`], [`protocol`] (protocol ids `/playergold/<network>/<protocol>/<version>`),
 //! [`framing`] (length-delimited frames with a per-protocol limit), [`peer_exchange`] (address

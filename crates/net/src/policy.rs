@@ -27,7 +27,7 @@
 //!   peers): while fewer AI-capable peers are connected, the manager dials AI-capable candidates
 //!   even at the outbound target (up to the outbound reserve) and asks for a DHT lookup
 //!   ([`Action::FindCapable`], backing off from 5 s to a minute) when it knows too few; up to the
-//!   quota, AI-capable peers are protected from eviction and from trimming.
+//!   quota, AI-capable inbound peers are protected from eviction.
 //! - Dial addresses fail into a per-address exponential backoff with jitter; anchors (our last
 //!   outbound peers) are dialled first, then, while the node has no peer at all, the bootstrap
 //!   nodes.
@@ -1030,8 +1030,9 @@ impl ConnectionManager {
     /// target, the best candidates of the address book (anchors first, then the bootstrap nodes
     /// while we have no peer at all, then fewest failures, most recently seen, IP groups we
     /// have no outbound peer in); and, while below the AI quota, AI-capable candidates first,
-    /// even at the outbound target. Also closes surplus outbound connections (see the module
-    /// documentation) and asks for addresses or a capability lookup when candidates are short.
+    /// even at the outbound target. Also adopts lookup connections when that meets a target,
+    /// closes stale ones, ends probation (see the module documentation) and asks for addresses
+    /// or a capability lookup when candidates are short.
     pub fn poll(&mut self, now: Instant) -> Vec<Action> {
         self.dialing
             .retain(|_, started| now.saturating_duration_since(*started) < DIAL_TIMEOUT);

@@ -34,11 +34,11 @@ use crate::addrbook::{
 use crate::behaviour::{GateEvent, Gatekeeper, NodeBehaviour, NodeBehaviourEvent};
 use crate::config::{ConfigError, DEFAULT_ADDR_RESPONSE_INTERVAL, NetworkConfig};
 use crate::discovery::{
-    ANNOUNCED_CAPABILITIES, CapablePeer, DhtStatus, DiscoveryAction, DiscoveryScheduler,
-    FIND_PEERS_TIMEOUT, MAX_CAPABLE_PEERS, MAX_PENDING_LOOKUPS, MAX_PROVIDER_RESOLVES,
-    MDNS_QUERY_INTERVAL, MDNS_TTL, ROUTING_TABLE_RESYNC_INTERVAL, agent_version, build_kad,
-    capabilities_from_agent, capability_key, kad_protocol, offer_to_table, table_entries,
-    table_len,
+    ANNOUNCED_CAPABILITIES, CapablePeer, DHT_EVICT_AFTER_FAILURES, DhtStatus, DiscoveryAction,
+    DiscoveryScheduler, FIND_PEERS_TIMEOUT, MAX_CAPABLE_PEERS, MAX_PENDING_LOOKUPS,
+    MAX_PROVIDER_RESOLVES, MDNS_QUERY_INTERVAL, MDNS_TTL, ROUTING_TABLE_RESYNC_INTERVAL,
+    agent_version, build_kad, capabilities_from_agent, capability_key, kad_protocol,
+    offer_to_table, remove_unreachable, table_entries, table_len,
 };
 use crate::diversity::DiversityFilter;
 use crate::metrics::NetworkMetrics;
@@ -974,14 +974,30 @@ impl Service {
             }
             SwarmEvent::OutgoingConnectionError {
                 connection_id,
+                peer_id,
                 error,
-                ..
             } => {
                 if let Some((addr, reply)) = self.pending_connects.remove(&connection_id) {
                     let _ = reply.send(Err(NetworkError::Dial {
                         addr,
                         reason: describe_dial_error(&error),
                     }));
+                }
+                // The gatekeeper already counted the failure in the address book.
+                if let Some(peer) = peer_id {
+                    let failures = self
+                        .swarm
+                        .behaviour()
+                        .gate
+                        .manager()
+                        .book()
+                        .get(&peer)
+                        .map_or(0, |r| r.failures.0);
+                    if failures >= DHT_EVICT_AFTER_FAILURES
+                        && let Some(kad) = self.swarm.behaviour_mut().kad.as_mut()
+                    {
+                        remove_unreachable(&mut self.diversity, kad, &peer);
+                    }
                 }
             }
             SwarmEvent::IncomingConnectionError {
@@ -1010,7 +1026,6 @@ impl Service {
                 self.listen_addrs.retain(|a| *a != address)
             }
             SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
-            SwarmEvent::Dialing { .. } => tracing::debug!("TMPDBG dialing"),
             _ => {}
         }
     }
@@ -1119,9 +1134,7 @@ impl Service {
         let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() else {
             return;
         };
-        let r = offer_to_table(&mut self.diversity, kad, peer, addr, Instant::now());
-        tracing::debug!(result = ?r, "TMPDBG offer");
-        if let Err(refusal) = r {
+        if let Err(refusal) = offer_to_table(&mut self.diversity, kad, peer, addr, Instant::now()) {
             tracing::debug!(%peer, %refusal, "not added to the DHT routing table");
             self.metrics.dht_diversity_refusals.inc();
         }
@@ -1185,21 +1198,8 @@ impl Service {
                     .set_dht_server(new_mode == kad::Mode::Server);
             }
             kad::Event::OutboundQueryProgressed {
-                id,
-                result,
-                step,
-                stats,
+                id, result, step, ..
             } => {
-                if step.last {
-                    let kind = match &result {
-                        QueryResult::Bootstrap(_) => "bootstrap",
-                        QueryResult::GetClosestPeers(_) => "closest",
-                        QueryResult::GetProviders(_) => "providers",
-                        QueryResult::StartProviding(_) => "provide",
-                        _ => "other",
-                    };
-                    tracing::debug!(kind, requests = stats.num_requests(), "TMPDBG query");
-                }
                 self.on_query_result(id, result);
                 if step.last {
                     self.finish_lookup(id);

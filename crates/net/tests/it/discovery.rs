@@ -52,6 +52,7 @@ async fn stop_all(nodes: Vec<TestNode>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thirty_nodes_bootstrapped_from_node_zero_reach_eight_peers() {
     crate::init_tracing();
+    let _turn = crate::network_test_turn().await;
     const NODES: usize = 30;
     const TARGET: usize = 8;
     let nodes = star(NODES, |_, _| None).await;
@@ -86,6 +87,7 @@ fn ai_peers(peers: &[PeerInfo]) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn capability_lookup_finds_ai_nodes_the_querier_never_connected_to() {
     crate::init_tracing();
+    let _turn = crate::network_test_turn().await;
     const NODES: usize = 20;
     const AI: [usize; 3] = [4, 9, 14];
     const QUERIER: usize = NODES - 1;

@@ -15,6 +15,7 @@ const WAIT: Duration = Duration::from_secs(45);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flood_from_one_ip_group_does_not_evict_protected_peers() {
     crate::init_tracing();
+    let _turn = crate::network_test_turn().await;
     let mut cfg = test_config(node_ip(100));
     cfg.min_peers = 2;
     cfg.outbound_reserve = 2;

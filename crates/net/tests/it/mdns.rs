@@ -158,6 +158,7 @@ fn six_namespaces_on_a_bridge_find_each_other_through_mdns_alone() {
         return;
     }
     crate::init_tracing();
+    let _turn = crate::NETWORK_TESTS.blocking_lock();
     assert!(
         is_root(),
         "this test creates network namespaces and must run as root (CI does): \

@@ -48,6 +48,7 @@ fn in_bounds(peers: &[playergold_net::PeerInfo]) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_node_network_keeps_peer_counts_recovers_and_restarts() {
     crate::init_tracing();
+    let _turn = crate::network_test_turn().await;
     // Node i bootstraps from nodes i-1 and i/2: a sparse start that only discovery can fill.
     let mut nodes: Vec<TestNode> = Vec::with_capacity(NODES);
     for i in 0..NODES {
