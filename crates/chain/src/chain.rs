@@ -86,6 +86,9 @@ pub enum ImportError {
     /// A block at height 0 that is not our genesis.
     #[error("block at height 0 is not this network's genesis")]
     ForeignGenesis,
+    /// A header presented on a block it does not name as its parent.
+    #[error("header does not link to the block before it")]
+    NotLinked,
 }
 
 impl ImportError {
@@ -345,6 +348,33 @@ impl Blockchain {
             producer_reputation: st.producer_reputation(e),
             hash: *hash,
         })
+    }
+
+    /// The checks of a header against its parent that need neither the body nor the chain's
+    /// clock rules (median time, future limit): it names `parent` and follows its height, the
+    /// consensus rule (producer, slot) holds, and the producer's signature verifies. Relay runs
+    /// this before forwarding a compact block, sync before fetching bodies; import runs the
+    /// same rules and more.
+    pub fn check_header_on(
+        &self,
+        header: &BlockHeader,
+        parent: &BlockHeader,
+    ) -> Result<Work, ImportError> {
+        if header.parent != parent.hash() {
+            return Err(ImportError::NotLinked);
+        }
+        let expected = Height(parent.height.0.saturating_add(1));
+        if header.height != expected {
+            return Err(ImportError::BadHeight {
+                expected,
+                got: header.height,
+            });
+        }
+        let work = self.consensus.check_header(header, parent)?;
+        header
+            .verify_signature()
+            .map_err(|_| ImportError::BadSignature)?;
+        Ok(work)
     }
 
     /// Builds and signs a block on the current tip at `timestamp` with the highest-fee mempool

@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use playergold_chain::Blockchain;
+use playergold_net::addrbook::ip_of;
 use playergold_net::{Multiaddr, NetworkEvent, NetworkHandle, PeerId, Score};
 use playergold_primitives::TimestampMs;
 use playergold_protocol::reputation::{
@@ -492,14 +493,4 @@ impl Owner {
             Err(err) => tracing::warn!(%err, "cannot save the bans; will retry"),
         }
     }
-}
-
-/// The IP of a multiaddr's first component, if it has one.
-fn ip_of(addr: &Multiaddr) -> Option<IpAddr> {
-    use libp2p::multiaddr::Protocol;
-    addr.iter().find_map(|p| match p {
-        Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
-        Protocol::Ip6(ip) => Some(IpAddr::V6(ip)),
-        _ => None,
-    })
 }

@@ -173,18 +173,10 @@ impl RelayHost for ChainHost {
                 return HeaderVerdict::UnknownParent;
             }
         };
-        let linked = header.height.0 == parent.height.0.saturating_add(1);
-        if !linked
-            || self
-                .chain
-                .consensus()
-                .check_header(header, &parent)
-                .is_err()
-            || header.verify_signature().is_err()
-        {
-            return HeaderVerdict::Invalid;
+        match self.chain.check_header_on(header, &parent) {
+            Ok(_) => HeaderVerdict::Valid,
+            Err(_) => HeaderVerdict::Invalid,
         }
-        HeaderVerdict::Valid
     }
 
     fn submit_block(&mut self, block: Block) -> BlockVerdict {
