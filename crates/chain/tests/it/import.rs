@@ -346,11 +346,13 @@ fn a_batch_gives_the_same_results_as_one_by_one_submission() {
     ];
     // Twice the batch: everything is known the second time round.
     batch.extend(batch.clone());
+    // One clock reading for both paths: errors carry `now`, and two readings can differ by a ms.
+    let at = now();
     let one_by_one: Vec<_> = batch
         .iter()
-        .map(|t| single.submit_transaction(t.clone(), now()))
+        .map(|t| single.submit_transaction(t.clone(), at))
         .collect();
-    let results = batched.submit_transactions(batch, now());
+    let results = batched.submit_transactions(batch, at);
     assert_eq!(results, one_by_one);
     assert_eq!(results[0], Ok(a.id()));
     assert_eq!(results[2], Err(MempoolError::AlreadyKnown(a.id())));
