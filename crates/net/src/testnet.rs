@@ -173,7 +173,11 @@ pub async fn wait_all(
                 .await
                 .map_err(|e| format!("node {i}: {e}"))?;
             if !pred(i, &peers) {
-                failing.push((i, peers.len()));
+                let out = peers
+                    .iter()
+                    .filter(|p| p.direction == crate::policy::Direction::Outbound)
+                    .count();
+                failing.push((i, peers.len(), out));
             }
             all.push(peers);
         }
@@ -182,14 +186,14 @@ pub async fn wait_all(
         }
         if Instant::now() >= deadline {
             return Err(format!(
-                "timed out after {timeout:?}; failing (node, peer count): {failing:?}"
+                "timed out after {timeout:?}; failing (node, peers, outbound): {failing:?}"
             ));
         }
         let next = select_all(receivers.iter_mut().map(|r| Box::pin(r.recv())));
         let wake = deadline.min(Instant::now() + RECHECK);
         if tokio::time::timeout_at(wake, next).await.is_err() && Instant::now() >= deadline {
             return Err(format!(
-                "timed out after {timeout:?}; failing (node, peer count): {failing:?}"
+                "timed out after {timeout:?}; failing (node, peers, outbound): {failing:?}"
             ));
         }
     }
