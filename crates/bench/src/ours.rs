@@ -40,12 +40,15 @@ pub const BENCH_NETWORK: &str = "benchnet";
 /// at any tick of the workload (every node is a validator; the slot's validator produces).
 pub const SLOT_MS: u64 = playergold_primitives::MIN_SLOT_DURATION_MS;
 
-/// Message kinds counted as transaction traffic: pushes, announcements and their requests
-/// (blocks are pushed compact to every peer and never announced, so `Announce`, `Request` and
-/// `NotFound` carry transaction ids; a block fetched after a failed rebuild would be the
-/// exception, and the report shows how often that happened).
-pub const TX_KINDS: [MessageKind; 4] = [
+/// Message kinds counted as transaction traffic: pushes, announcements and their requests, by
+/// short id and by full id (blocks are pushed compact to every peer and never announced, so
+/// `Announce`, `Request` and `NotFound` carry transaction ids; a block fetched after a failed
+/// rebuild would be the exception, and the report shows how often that happened).
+pub const TX_KINDS: [MessageKind; 7] = [
     MessageKind::Transactions,
+    MessageKind::AnnounceTxs,
+    MessageKind::RequestTxs,
+    MessageKind::TxsNotFound,
     MessageKind::Announce,
     MessageKind::Request,
     MessageKind::NotFound,

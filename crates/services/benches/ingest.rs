@@ -226,6 +226,7 @@ async fn run(args: Args) {
     let hello = codec::encode(&RelayHello {
         genesis: genesis.hash(),
         capabilities: Capabilities::NONE,
+        tx_salt: None,
     });
     let mut peers = Vec::new();
     for i in 0..args.peers {

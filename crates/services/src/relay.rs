@@ -42,7 +42,7 @@ use playergold_protocol::Capabilities;
 use playergold_protocol::ai::{Challenge, ChallengeId, Solution, SolutionId, Verdict};
 use playergold_protocol::relay::{
     BlockVerdict, MAX_RELAY_FRAME_BYTES, PropagationConfig, RelayMessage, RelayMetrics, Settlement,
-    TxVerdict,
+    TxSalt, TxVerdict,
 };
 use playergold_protocol::reputation::Reason;
 use serde::{Deserialize, Serialize};
@@ -116,6 +116,9 @@ pub struct RelayHello {
     pub genesis: BlockHash,
     /// What the sender offers (directed challenges go to `ai-compute` peers).
     pub capabilities: Capabilities,
+    /// The salt for the short ids of transactions announced to the sender; without one it is
+    /// sent full-id announcements.
+    pub tx_salt: Option<TxSalt>,
 }
 
 impl WireDecode for RelayHello {
@@ -313,9 +316,11 @@ impl RelayService {
             NetworkName::new(chain.genesis().network.clone()).map_err(RelayError::Protocol)?;
         let protocol = relay_protocol(&name)?;
         let incoming = network.streams().accept(protocol.clone())?;
+        // The salt is the engine's: the owner fills it in.
         let hello = RelayHello {
             genesis: chain.genesis_hash(),
             capabilities,
+            tx_salt: None,
         };
         let local = network.local_peer_id();
         let (commands_tx, commands_rx) = mpsc::channel(COMMAND_CHANNEL_CAPACITY);

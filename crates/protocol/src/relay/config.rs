@@ -47,6 +47,12 @@ pub struct PropagationConfig {
     pub max_hops: u8,
     /// Push fanout for gossip (default √peers).
     pub gossip_factor: Fanout,
+    /// Whether a gossiped transaction relayed from a peer is pushed in full to `gossip_factor`
+    /// peers again at every hop (geth's way), or only announced (default). Each push at every
+    /// hop costs about one extra copy of the transaction per node and push (a node receives
+    /// each transaction from ~`gossip_factor` peers), which is most of geth's bandwidth; pushing
+    /// only at the origin keeps the first hop fast and has every other node pull its one copy.
+    pub push_relayed_txs: bool,
     /// Ids remembered to drop duplicates.
     pub duplicate_cache_size: usize,
     /// Most items per announcement or tx push batch.
@@ -72,6 +78,7 @@ impl Default for PropagationConfig {
             challenge_strategy: Strategy::Directed,
             max_hops: 7,
             gossip_factor: Fanout::Sqrt,
+            push_relayed_txs: false,
             duplicate_cache_size: 10_000,
             batch_size: 100,
             // A few ms: enough to coalesce a burst, far below one network hop.

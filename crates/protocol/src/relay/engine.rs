@@ -22,13 +22,15 @@ use std::hash::Hash;
 use std::time::Instant;
 
 use playergold_primitives::{Block, BlockHash, BlockHeader, PublicKey, Transaction, TxId};
-use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
 
 use super::bounded::{BoundedMap, BoundedSet};
 use super::config::{PropagationConfig, Strategy};
-use super::messages::{CLASSES, Class, CompactBlock, InvItem, RelayMessage, ShortId};
+use super::messages::{
+    CLASSES, Class, CompactBlock, InvItem, RelayMessage, ShortId, TxSalt, TxShortId, TxShortIds,
+};
 use crate::ai::{Challenge, ChallengeId, Solution, SolutionId, Verdict};
 use crate::capabilities::Capabilities;
 
@@ -39,6 +41,10 @@ pub const MAX_KNOWN_PER_PEER: usize = 4_096;
 pub const MAX_WANTED: usize = 20_000;
 /// Announcers remembered per wanted item, to retry from.
 pub const MAX_ANNOUNCERS: usize = 8;
+/// Short ids we announced to one peer, remembered to serve its `RequestTxs` (it asks within a
+/// round trip; 2,048 covers a second of a 2,000 tx/s flow). 2,048 × ~60 bytes × 50 peers ≈
+/// 6 MiB at most.
+pub const MAX_ANNOUNCED_PER_PEER: usize = 2_048;
 /// Compact blocks being rebuilt at once.
 pub const MAX_PARTIAL_BLOCKS: usize = 16;
 /// Recently assembled blocks kept to answer `BlockTxnsRequest` before the chain has them.
@@ -278,6 +284,12 @@ struct Peer {
     queue: PeerQueue,
     pending_txs: Vec<Transaction>,
     pending_announce: Vec<InvItem>,
+    /// Transaction announcements as short ids under the peer's salt.
+    pending_short: Vec<TxShortId>,
+    /// The peer's short-id function (from its hello); `None`: it gets full-id announcements.
+    short_ids: Option<TxShortIds>,
+    /// What we announced to it by short id, to serve its requests.
+    announced: BoundedMap<TxShortId, TxId>,
     batch_deadline: Option<Instant>,
     slow: bool,
 }
@@ -287,6 +299,8 @@ struct Wanted<P> {
     announcers: VecDeque<P>,
     asked: Option<(P, Instant)>,
     retries: u8,
+    /// Announcers asked before and given up on (they have the item too).
+    tried: Vec<P>,
 }
 
 #[derive(Debug)]
@@ -344,6 +358,14 @@ pub struct RelayEngine<P: PeerKey> {
     peers: HashMap<P, Peer>,
     seen: BoundedSet<InvItem>,
     wanted: HashMap<InvItem, Wanted<P>>,
+    /// Our salt for the short ids peers announce to us, and its function.
+    salt: TxSalt,
+    short_ids: TxShortIds,
+    /// Short ids (under our salt) of the transactions we have seen, as long as `seen` holds
+    /// about as many.
+    short_index: BoundedMap<TxShortId, TxId>,
+    /// Transactions announced to us by short id and not received yet.
+    wanted_short: HashMap<TxShortId, Wanted<P>>,
     partials: HashMap<BlockHash, PartialBlock<P>>,
     pending_imports: VecDeque<PendingImport<P>>,
     /// Outcomes of imports not yet returned by `run_pending_imports` (bounded by
@@ -362,10 +384,16 @@ pub struct RelayEngine<P: PeerKey> {
 impl<P: PeerKey> RelayEngine<P> {
     /// A new engine. `seed` drives the gossip subset choice (tests pass a fixed one).
     pub fn new(config: PropagationConfig, seed: u64) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let salt = TxSalt(rng.r#gen());
         RelayEngine {
             seen: BoundedSet::new(config.duplicate_cache_size),
+            salt,
+            short_ids: TxShortIds::new(salt),
+            short_index: BoundedMap::new(config.duplicate_cache_size),
+            wanted_short: HashMap::new(),
             config,
-            rng: StdRng::seed_from_u64(seed),
+            rng,
             peers: HashMap::new(),
             wanted: HashMap::new(),
             partials: HashMap::new(),
@@ -385,6 +413,19 @@ impl<P: PeerKey> RelayEngine<P> {
         &self.config
     }
 
+    /// The salt peers use for the short ids of transactions they announce to us (send it in
+    /// the relay hello).
+    pub fn tx_salt(&self) -> TxSalt {
+        self.salt
+    }
+
+    /// `peer`'s salt from its hello: from now on it gets transaction announcements as short ids.
+    pub fn set_peer_tx_salt(&mut self, peer: &P, salt: TxSalt) {
+        if let Some(p) = self.peers.get_mut(peer) {
+            p.short_ids = Some(TxShortIds::new(salt));
+        }
+    }
+
     /// The counters.
     pub fn metrics(&self) -> RelayMetrics {
         self.metrics
@@ -398,6 +439,9 @@ impl<P: PeerKey> RelayEngine<P> {
             queue: PeerQueue::default(),
             pending_txs: Vec::new(),
             pending_announce: Vec::new(),
+            pending_short: Vec::new(),
+            short_ids: None,
+            announced: BoundedMap::new(MAX_ANNOUNCED_PER_PEER),
             batch_deadline: None,
             slow: false,
         });
@@ -414,7 +458,11 @@ impl<P: PeerKey> RelayEngine<P> {
     /// their timeout.
     pub fn remove_peer(&mut self, peer: &P) {
         self.peers.remove(peer);
-        for w in self.wanted.values_mut() {
+        for w in self
+            .wanted
+            .values_mut()
+            .chain(self.wanted_short.values_mut())
+        {
             w.announcers.retain(|a| a != peer);
         }
     }
@@ -463,7 +511,11 @@ impl<P: PeerKey> RelayEngine<P> {
     /// When `handle_timeout` must next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let batches = self.peers.values().filter_map(|p| p.batch_deadline);
-        let requests = self.wanted.values().filter_map(|w| w.asked.map(|(_, t)| t));
+        let requests = self
+            .wanted
+            .values()
+            .chain(self.wanted_short.values())
+            .filter_map(|w| w.asked.map(|(_, t)| t));
         let partials = self.partials.values().map(|p| p.deadline);
         batches.chain(requests).chain(partials).min()
     }
@@ -494,6 +546,21 @@ impl<P: PeerKey> RelayEngine<P> {
             });
             self.retry(now, item);
         }
+        let expired: Vec<(TxShortId, P)> = self
+            .wanted_short
+            .iter()
+            .filter_map(|(id, w)| match w.asked {
+                Some((p, t)) if t <= now => Some((*id, p)),
+                _ => None,
+            })
+            .collect();
+        for (id, peer) in expired {
+            self.events.push_back(RelayEvent::Penalty {
+                peer,
+                offence: Offence::RequestTimeout,
+            });
+            self.retry_short(now, id);
+        }
         let stale: Vec<BlockHash> = self
             .partials
             .iter()
@@ -521,7 +588,7 @@ impl<P: PeerKey> RelayEngine<P> {
         let id = tx.id();
         match host.submit_transaction(tx.clone()) {
             TxVerdict::Accepted => {
-                self.seen.insert(InvItem::Tx(id));
+                self.note_tx(id);
                 self.events
                     .push_back(RelayEvent::NewTransaction { id, from: None });
                 self.relay_tx(now, tx, None);
@@ -711,6 +778,129 @@ impl<P: PeerKey> RelayEngine<P> {
                 challenge,
             } => self.on_solution(peer, solution, challenge),
             RelayMessage::Verdict(v) => self.on_verdict(peer, v),
+            RelayMessage::AnnounceTxs(ids) => self.on_announce_txs(now, peer, ids),
+            RelayMessage::RequestTxs(ids) => self.on_request_txs(peer, ids, host),
+            RelayMessage::TxsNotFound(ids) => {
+                for id in ids {
+                    if self
+                        .wanted_short
+                        .get(&id)
+                        .is_some_and(|w| matches!(w.asked, Some((p, _)) if p == peer))
+                    {
+                        self.retry_short(now, id);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Remembers transaction `id` as seen (by full and short id) and ends any wait for it; the
+    /// peers that announced it by short id know it.
+    fn note_tx(&mut self, id: TxId) {
+        let item = InvItem::Tx(id);
+        self.seen.insert(item);
+        self.wanted.remove(&item);
+        let short = self.short_ids.of(&id);
+        self.short_index.insert(short, id);
+        if let Some(w) = self.wanted_short.remove(&short) {
+            let asked = w.asked.map(|(p, _)| p);
+            for peer in w.announcers.into_iter().chain(asked).chain(w.tried) {
+                self.mark_known(&peer, item);
+            }
+        }
+    }
+
+    /// Short-id announcements: request the ones we do not know from the first announcer.
+    fn on_announce_txs(&mut self, now: Instant, peer: P, ids: Vec<TxShortId>) {
+        let mut ask = Vec::new();
+        for id in ids {
+            if let Some(tx) = self.short_index.get(&id).copied() {
+                self.mark_known(&peer, InvItem::Tx(tx));
+                continue;
+            }
+            let room = self.wanted_short.len() < MAX_WANTED;
+            match self.wanted_short.get_mut(&id) {
+                Some(w) => {
+                    let asked = matches!(w.asked, Some((p, _)) if p == peer);
+                    if !asked
+                        && w.announcers.len() < MAX_ANNOUNCERS
+                        && !w.announcers.contains(&peer)
+                    {
+                        w.announcers.push_back(peer);
+                    }
+                }
+                None if room => {
+                    self.wanted_short.insert(
+                        id,
+                        Wanted {
+                            announcers: VecDeque::new(),
+                            asked: Some((peer, now + self.config.request_timeout)),
+                            retries: 0,
+                            tried: Vec::new(),
+                        },
+                    );
+                    ask.push(id);
+                }
+                None => {}
+            }
+        }
+        if !ask.is_empty() {
+            self.enqueue(&peer, Class::Reply, RelayMessage::RequestTxs(ask));
+        }
+    }
+
+    /// A peer asks for transactions we announced to it by short id.
+    fn on_request_txs(&mut self, peer: P, ids: Vec<TxShortId>, host: &impl RelayHost) {
+        let Some(p) = self.peers.get(&peer) else {
+            return;
+        };
+        let mut txs = Vec::new();
+        let mut missing = Vec::new();
+        for id in ids {
+            match p.announced.get(&id).and_then(|tx| host.transaction(tx)) {
+                Some(tx) => txs.push(tx),
+                None => missing.push(id),
+            }
+        }
+        if !txs.is_empty() {
+            self.metrics.tx.sent += txs.len() as u64;
+            for chunk in txs.chunks(self.config.batch_size.max(1)) {
+                self.enqueue(
+                    &peer,
+                    Class::Reply,
+                    RelayMessage::Transactions(chunk.to_vec()),
+                );
+            }
+        }
+        if !missing.is_empty() {
+            self.enqueue(&peer, Class::Reply, RelayMessage::TxsNotFound(missing));
+        }
+    }
+
+    /// The current request for short id `id` failed: ask the next announcer, or give up.
+    fn retry_short(&mut self, now: Instant, id: TxShortId) {
+        let Some(w) = self.wanted_short.get_mut(&id) else {
+            return;
+        };
+        let next = if w.retries < self.config.max_retries {
+            w.announcers.pop_front()
+        } else {
+            None
+        };
+        match next {
+            Some(peer) => {
+                w.retries += 1;
+                if let Some((before, _)) =
+                    w.asked.replace((peer, now + self.config.request_timeout))
+                {
+                    w.tried.push(before);
+                }
+                self.metrics.retries += 1;
+                self.enqueue(&peer, Class::Reply, RelayMessage::RequestTxs(vec![id]));
+            }
+            None => {
+                self.wanted_short.remove(&id);
+            }
         }
     }
 
@@ -754,6 +944,7 @@ impl<P: PeerKey> RelayEngine<P> {
                             announcers: VecDeque::new(),
                             asked: Some((peer, now + self.config.request_timeout)),
                             retries: 0,
+                            tried: Vec::new(),
                         },
                     );
                     ask.push(item);
@@ -777,6 +968,7 @@ impl<P: PeerKey> RelayEngine<P> {
                 announcers: VecDeque::new(),
                 asked: Some((peer, now + self.config.request_timeout)),
                 retries: 0,
+                tried: Vec::new(),
             },
         );
         self.enqueue(&peer, Class::Reply, RelayMessage::Request(vec![item]));
@@ -1002,13 +1194,11 @@ impl<P: PeerKey> RelayEngine<P> {
         tx: Transaction,
         verdict: TxVerdict,
     ) {
-        let item = InvItem::Tx(id);
         // The id does not cover the signature: a forged copy of a valid transaction has its id.
         // Only a transaction that validated marks the id seen (and stops our request for it), or
         // a forgery sent first would make us drop the real one as a duplicate.
         if verdict != TxVerdict::Invalid {
-            self.seen.insert(item);
-            self.wanted.remove(&item);
+            self.note_tx(id);
         }
         match verdict {
             TxVerdict::Accepted => {
@@ -1541,9 +1731,11 @@ impl<P: PeerKey> RelayEngine<P> {
     }
 
     fn relay_tx(&mut self, now: Instant, tx: Transaction, from: Option<P>) {
-        let item = InvItem::Tx(tx.id());
+        let id = tx.id();
+        let item = InvItem::Tx(id);
         let mut targets = self.eligible(item, from);
         let push = match self.config.tx_strategy {
+            Strategy::Gossip if from.is_some() && !self.config.push_relayed_txs => 0,
             Strategy::Gossip => {
                 targets.shuffle(&mut self.rng);
                 self.config.gossip_factor.of(targets.len())
@@ -1559,11 +1751,18 @@ impl<P: PeerKey> RelayEngine<P> {
             p.known.insert(item);
             if i < push {
                 p.pending_txs.push(tx.clone());
+            } else if let Some(short_ids) = &p.short_ids {
+                let short = short_ids.of(&id);
+                p.announced.insert(short, id);
+                p.pending_short.push(short);
             } else {
                 p.pending_announce.push(item);
             }
             p.batch_deadline.get_or_insert(deadline);
-            if p.pending_txs.len() >= batch || p.pending_announce.len() >= batch {
+            if p.pending_txs.len() >= batch
+                || p.pending_announce.len() >= batch
+                || p.pending_short.len() >= batch
+            {
                 self.flush(&peer);
             }
         }
@@ -1591,6 +1790,7 @@ impl<P: PeerKey> RelayEngine<P> {
         p.batch_deadline = None;
         let txs = std::mem::take(&mut p.pending_txs);
         let announce = std::mem::take(&mut p.pending_announce);
+        let short = std::mem::take(&mut p.pending_short);
         let batch = self.config.batch_size.max(1);
         self.metrics.tx.sent += txs.len() as u64;
         for chunk in txs.chunks(batch) {
@@ -1601,6 +1801,13 @@ impl<P: PeerKey> RelayEngine<P> {
                 peer,
                 Class::Announce,
                 RelayMessage::Announce(chunk.to_vec()),
+            );
+        }
+        for chunk in short.chunks(batch) {
+            self.enqueue(
+                peer,
+                Class::Announce,
+                RelayMessage::AnnounceTxs(chunk.to_vec()),
             );
         }
     }
@@ -1620,6 +1827,7 @@ impl<P: PeerKey> RelayEngine<P> {
             p.queue = PeerQueue::default();
             p.pending_txs.clear();
             p.pending_announce.clear();
+            p.pending_short.clear();
             p.batch_deadline = None;
             self.metrics.slow_peers += 1;
             self.events.push_back(RelayEvent::SlowPeer(*peer));
@@ -1713,6 +1921,121 @@ mod tests {
             timestamp_ms: TimestampMs(0),
         }
         .sign(key)
+    }
+
+    /// A relayed transaction is only announced, by 4-byte ids under each receiver's salt; the
+    /// receiver asks by short id, gets it once, and does not announce it back to anyone who
+    /// announced it. A timed-out short-id request goes to the next announcer.
+    #[test]
+    fn relayed_transactions_travel_as_salted_short_id_announcements_and_one_pull() {
+        let key = Keypair::from_secret(&[7; 32]);
+        let tx = tx(&key, 0);
+        let id = tx.id();
+        let now = Instant::now();
+        // Node A got `tx` from peer 9 (so it relays it: announce only) and has peers B (1), C (2).
+        let mut a: RelayEngine<u8> = RelayEngine::new(PropagationConfig::default(), 1);
+        let mut b: RelayEngine<u8> = RelayEngine::new(PropagationConfig::default(), 2);
+        let mut c: RelayEngine<u8> = RelayEngine::new(PropagationConfig::default(), 3);
+        assert_ne!(b.tx_salt(), c.tx_salt(), "every node has its own salt");
+        let mut host_a = Mempool::default();
+        let mut host_b = Mempool::default();
+        for (peer, salt) in [(1, b.tx_salt()), (2, c.tx_salt()), (9, c.tx_salt())] {
+            a.add_peer(peer, Capabilities::NONE);
+            a.set_peer_tx_salt(&peer, salt);
+        }
+        // B knows A (peer 0) and C (peer 2), both with their salts.
+        for (peer, salt) in [(0, a.tx_salt()), (2, c.tx_salt())] {
+            b.add_peer(peer, Capabilities::NONE);
+            b.set_peer_tx_salt(&peer, salt);
+        }
+        a.handle_message(
+            now,
+            9,
+            RelayMessage::Transactions(vec![tx.clone()]),
+            &mut host_a,
+        );
+        a.handle_timeout(now + Duration::from_secs(1));
+        let short_b = TxShortIds::new(b.tx_salt()).of(&id);
+        let short_c = TxShortIds::new(c.tx_salt()).of(&id);
+        assert_ne!(
+            short_b, short_c,
+            "the same tx has another short id per receiver"
+        );
+        assert_eq!(
+            sent(&mut a, 1),
+            vec![RelayMessage::AnnounceTxs(vec![short_b])],
+            "a relayed tx is announced, not pushed"
+        );
+        assert_eq!(
+            sent(&mut a, 2),
+            vec![RelayMessage::AnnounceTxs(vec![short_c])]
+        );
+        assert!(sent(&mut a, 9).is_empty(), "never back to its sender");
+
+        // C announced it to B before A did: B asks C, then A's announcement only joins the wait.
+        b.handle_message(
+            now,
+            2,
+            RelayMessage::AnnounceTxs(vec![short_b]),
+            &mut host_b,
+        );
+        assert_eq!(
+            sent(&mut b, 2),
+            vec![RelayMessage::RequestTxs(vec![short_b])]
+        );
+        b.handle_message(
+            now,
+            0,
+            RelayMessage::AnnounceTxs(vec![short_b]),
+            &mut host_b,
+        );
+        assert!(sent(&mut b, 0).is_empty(), "one request at a time");
+        // C never answers: after the timeout B asks A, which serves it from its announcement.
+        let later = now + PropagationConfig::default().request_timeout;
+        b.handle_timeout(later);
+        assert_eq!(
+            sent(&mut b, 0),
+            vec![RelayMessage::RequestTxs(vec![short_b])]
+        );
+        a.handle_message(
+            later,
+            1,
+            RelayMessage::RequestTxs(vec![short_b, junk_short()]),
+            &mut host_a,
+        );
+        let reply = sent(&mut a, 1);
+        assert_eq!(
+            reply,
+            vec![
+                RelayMessage::Transactions(vec![tx.clone()]),
+                RelayMessage::TxsNotFound(vec![junk_short()]),
+            ]
+        );
+        b.handle_message(later, 0, reply[0].clone(), &mut host_b);
+        assert_eq!(host_b.0.get(&id), Some(&tx));
+        b.handle_timeout(later + Duration::from_secs(1));
+        assert!(
+            sent(&mut b, 0).is_empty() && sent(&mut b, 2).is_empty(),
+            "both peers announced it to B: B announces it to nobody"
+        );
+        assert!(
+            b.poll_timeout().is_none(),
+            "nothing left waiting: {:?}",
+            b.poll_timeout()
+        );
+        // A later announcement of a known short id is not requested.
+        b.handle_message(
+            later,
+            2,
+            RelayMessage::AnnounceTxs(vec![short_b]),
+            &mut host_b,
+        );
+        assert!(sent(&mut b, 2).is_empty());
+    }
+
+    /// A short id nobody announced.
+    fn junk_short() -> TxShortId {
+        TxShortId([0xEE; super::super::messages::TX_SHORT_ID_LEN])
     }
 
     /// Found by the `relay_engine` fuzz target: a compact block with a valid header and wrong

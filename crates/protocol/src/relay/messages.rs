@@ -51,6 +51,49 @@ impl ShortId {
     }
 }
 
+/// Length of a transaction announcement's short id, in bytes. Announcements are most of what a
+/// relayed transaction costs beyond its one copy per node (every node tells each peer that lacks
+/// it), so the id is as short as collisions allow: 4 bytes salted by the receiver (see
+/// [`TxSalt`]). A receiver that remembers 10,000 ids takes a new id for a known one with
+/// probability about 10^4 / 2^32 ≈ 2·10^-6; that transaction then reaches it later (in a block
+/// or through another announcement after the id leaves its cache), never a wrong one.
+pub const TX_SHORT_ID_LEN: usize = 4;
+
+/// A node's secret-free salt for the short ids of the transactions announced *to* it, sent in
+/// its relay hello. Each node picks its own at random, so an attacker cannot grind one
+/// transaction whose short id shadows another's on every node at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TxSalt(pub [u8; 16]);
+
+/// A transaction's announcement id under a receiver's [`TxSalt`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct TxShortId(pub [u8; TX_SHORT_ID_LEN]);
+
+/// Computes [`TxShortId`]s under one salt (the keyed hash's key is derived once).
+#[derive(Debug, Clone)]
+pub struct TxShortIds {
+    key: [u8; 32],
+}
+
+impl TxShortIds {
+    /// The short-id function of `salt`.
+    pub fn new(salt: TxSalt) -> TxShortIds {
+        let mut hasher = blake3::Hasher::new_derive_key("playergold relay tx short id v1");
+        hasher.update(&salt.0);
+        TxShortIds {
+            key: *hasher.finalize().as_bytes(),
+        }
+    }
+
+    /// The short id of `tx`.
+    pub fn of(&self, tx: &TxId) -> TxShortId {
+        let h = blake3::keyed_hash(&self.key, &tx.0);
+        let mut out = [0u8; TX_SHORT_ID_LEN];
+        out.copy_from_slice(&h.as_bytes()[..TX_SHORT_ID_LEN]);
+        TxShortId(out)
+    }
+}
+
 /// A block as its header and short ids of its transactions (BIP152's idea): receivers rebuild
 /// it from their mempools and ask only for what they miss.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -117,6 +160,13 @@ pub enum RelayMessage {
     },
     /// A validator's verdict.
     Verdict(Verdict),
+    /// "I have these transactions", as short ids under the receiver's salt (to peers that sent
+    /// one in their hello; others get `Announce`).
+    AnnounceTxs(Vec<TxShortId>),
+    /// "Send me these": short ids the receiver announced to us.
+    RequestTxs(Vec<TxShortId>),
+    /// Requested short ids we cannot serve (unknown, or the transaction is gone).
+    TxsNotFound(Vec<TxShortId>),
 }
 
 impl RelayMessage {
@@ -126,13 +176,15 @@ impl RelayMessage {
             RelayMessage::CompactBlock(_) | RelayMessage::Block(_) => Class::Block,
             RelayMessage::Request(_)
             | RelayMessage::NotFound(_)
+            | RelayMessage::RequestTxs(_)
+            | RelayMessage::TxsNotFound(_)
             | RelayMessage::BlockTxnsRequest { .. }
             | RelayMessage::BlockTxns { .. } => Class::Reply,
             RelayMessage::Challenge(_)
             | RelayMessage::Solution { .. }
             | RelayMessage::Verdict(_) => Class::Ai,
             RelayMessage::Transactions(_) => Class::Tx,
-            RelayMessage::Announce(_) => Class::Announce,
+            RelayMessage::Announce(_) | RelayMessage::AnnounceTxs(_) => Class::Announce,
         }
     }
 
@@ -169,6 +221,9 @@ impl WireDecode for RelayMessage {
             RelayMessage::Announce(v) | RelayMessage::Request(v) | RelayMessage::NotFound(v) => {
                 v.len()
             }
+            RelayMessage::AnnounceTxs(v)
+            | RelayMessage::RequestTxs(v)
+            | RelayMessage::TxsNotFound(v) => v.len(),
             RelayMessage::Transactions(v) | RelayMessage::BlockTxns { txs: v, .. } => v.len(),
             RelayMessage::BlockTxnsRequest { indexes, .. } => indexes.len(),
             RelayMessage::CompactBlock(c) => c.short_ids.len(),

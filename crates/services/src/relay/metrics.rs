@@ -27,11 +27,17 @@ pub enum MessageKind {
     Solution,
     /// `Verdict`.
     Verdict,
+    /// `AnnounceTxs` (short ids).
+    AnnounceTxs,
+    /// `RequestTxs` (short ids).
+    RequestTxs,
+    /// `TxsNotFound` (short ids).
+    TxsNotFound,
 }
 
 impl MessageKind {
     /// Every kind, in declaration order.
-    pub const ALL: [MessageKind; 11] = [
+    pub const ALL: [MessageKind; 14] = [
         MessageKind::Announce,
         MessageKind::Request,
         MessageKind::NotFound,
@@ -43,6 +49,9 @@ impl MessageKind {
         MessageKind::Challenge,
         MessageKind::Solution,
         MessageKind::Verdict,
+        MessageKind::AnnounceTxs,
+        MessageKind::RequestTxs,
+        MessageKind::TxsNotFound,
     ];
 
     /// The kind of `msg`.
@@ -59,6 +68,9 @@ impl MessageKind {
             RelayMessage::Challenge(_) => MessageKind::Challenge,
             RelayMessage::Solution { .. } => MessageKind::Solution,
             RelayMessage::Verdict(_) => MessageKind::Verdict,
+            RelayMessage::AnnounceTxs(_) => MessageKind::AnnounceTxs,
+            RelayMessage::RequestTxs(_) => MessageKind::RequestTxs,
+            RelayMessage::TxsNotFound(_) => MessageKind::TxsNotFound,
         }
     }
 
@@ -76,6 +88,9 @@ impl MessageKind {
             MessageKind::Challenge => "challenge",
             MessageKind::Solution => "solution",
             MessageKind::Verdict => "verdict",
+            MessageKind::AnnounceTxs => "announce_txs",
+            MessageKind::RequestTxs => "request_txs",
+            MessageKind::TxsNotFound => "txs_not_found",
         }
     }
 }

@@ -105,15 +105,20 @@ impl Owner {
     pub(crate) fn new(parts: OwnerParts) -> Owner {
         let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_CHANNEL_CAPACITY);
         let (notes_tx, notes_rx) = mpsc::channel(WRITER_NOTES_CAPACITY);
+        let engine = RelayEngine::new(parts.config, rand::random());
+        let hello = RelayHello {
+            tx_salt: Some(engine.tx_salt()),
+            ..parts.hello
+        };
         Owner {
-            engine: RelayEngine::new(parts.config, rand::random()),
+            engine,
             genesis: parts.hello.genesis,
             host: ChainHost::new(parts.chain),
             net_events: parts.network.subscribe(),
             control: parts.network.streams(),
             network: parts.network,
             protocol: parts.protocol,
-            hello: Arc::new(codec::encode(&parts.hello)),
+            hello: Arc::new(codec::encode(&hello)),
             commands: parts.commands,
             events: parts.events,
             incoming: Some(parts.incoming),
@@ -630,6 +635,9 @@ impl Owner {
                 }
                 tracing::debug!(%peer, capabilities = %hello.capabilities, "peer's relay stream open");
                 self.add_peer(peer, false);
+                if let Some(salt) = hello.tx_salt {
+                    self.engine.set_peer_tx_salt(&peer, salt);
+                }
                 if let Some(slot) = self.peers.get_mut(&peer) {
                     slot.inbound_open = true;
                 }

@@ -291,6 +291,7 @@ async fn a_peer_on_another_genesis_is_disconnected_without_penalty() {
     let other = RelayHello {
         genesis: playergold_primitives::BlockHash([9; 32]),
         capabilities: Capabilities::NONE,
+        tx_salt: None,
     };
     assert_ne!(other.genesis, devnet.genesis.hash());
     let (a_id, _ours) = stranger.open(&a, other).await;

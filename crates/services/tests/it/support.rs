@@ -329,6 +329,7 @@ impl RawPeer {
             hello: RelayHello {
                 genesis: devnet.genesis.hash(),
                 capabilities: Capabilities::NONE,
+                tx_salt: None,
             },
         }
     }
