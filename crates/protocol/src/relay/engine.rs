@@ -301,6 +301,9 @@ struct Wanted<P> {
     retries: u8,
     /// Announcers asked before and given up on (they have the item too).
     tried: Vec<P>,
+    /// A transaction's full id, once some peer announced it by full id (short-id waits only):
+    /// requests then name it in full, which every peer can serve.
+    full: Option<TxId>,
 }
 
 #[derive(Debug)]
@@ -311,6 +314,11 @@ struct PartialBlock<P> {
     /// Other peers that sent the same compact block: asked for the full block if `from` fails.
     alternates: Vec<P>,
     deadline: Instant,
+    /// Positions asked for in the `BlockTxnsRequest`, in order (its reply fills them).
+    requested: Vec<u32>,
+    /// Short ids of the positions still empty: a transaction relayed to us meanwhile fills its
+    /// slot, and the block completes without waiting for the reply.
+    missing: HashMap<ShortId, u32>,
 }
 
 /// Where a block waiting for import came from, which decides what its import verdict means.
@@ -375,6 +383,9 @@ pub struct RelayEngine<P: PeerKey> {
     /// Bodies the chain validated (or we produced and imported), served before the store has
     /// them at hand.
     recent_blocks: BoundedMap<BlockHash, Block>,
+    /// Blocks completed from relayed transactions before `BlockTxns` came, with the peer asked:
+    /// its late reply is expected, not unrequested.
+    completed_early: BoundedMap<BlockHash, P>,
     challenges: BoundedMap<ChallengeId, (Challenge, Option<P>)>,
     tallies: BoundedMap<SolutionId, Tally>,
     events: VecDeque<RelayEvent<P>>,
@@ -401,6 +412,7 @@ impl<P: PeerKey> RelayEngine<P> {
             settled: VecDeque::new(),
             waiters: BoundedMap::new(MAX_WAITED_BLOCKS),
             recent_blocks: BoundedMap::new(RECENT_BLOCKS),
+            completed_early: BoundedMap::new(MAX_PARTIAL_BLOCKS),
             challenges: BoundedMap::new(MAX_CHALLENGES),
             tallies: BoundedMap::new(MAX_TALLIES),
             events: VecDeque::new(),
@@ -754,6 +766,17 @@ impl<P: PeerKey> RelayEngine<P> {
             RelayMessage::Request(items) => self.on_request(peer, items, host),
             RelayMessage::NotFound(items) => {
                 for item in items {
+                    if let InvItem::Tx(full) = item {
+                        let id = self.short_ids.of(&full);
+                        if self
+                            .wanted_short
+                            .get(&id)
+                            .is_some_and(|w| matches!(w.asked, Some((p, _)) if p == peer))
+                        {
+                            self.retry_short(now, id);
+                        }
+                        continue;
+                    }
                     if self
                         .wanted
                         .get(&item)
@@ -813,39 +836,64 @@ impl<P: PeerKey> RelayEngine<P> {
     /// Short-id announcements: request the ones we do not know from the first announcer.
     fn on_announce_txs(&mut self, now: Instant, peer: P, ids: Vec<TxShortId>) {
         let mut ask = Vec::new();
+        let mut ask_full = Vec::new();
         for id in ids {
             if let Some(tx) = self.short_index.get(&id).copied() {
                 self.mark_known(&peer, InvItem::Tx(tx));
                 continue;
             }
-            let room = self.wanted_short.len() < MAX_WANTED;
-            match self.wanted_short.get_mut(&id) {
-                Some(w) => {
-                    let asked = matches!(w.asked, Some((p, _)) if p == peer);
-                    if !asked
-                        && w.announcers.len() < MAX_ANNOUNCERS
-                        && !w.announcers.contains(&peer)
-                    {
-                        w.announcers.push_back(peer);
-                    }
-                }
-                None if room => {
-                    self.wanted_short.insert(
-                        id,
-                        Wanted {
-                            announcers: VecDeque::new(),
-                            asked: Some((peer, now + self.config.request_timeout)),
-                            retries: 0,
-                            tried: Vec::new(),
-                        },
-                    );
-                    ask.push(id);
-                }
+            match self.want_tx(now, peer, id, None) {
+                Some(None) => ask.push(id),
+                Some(Some(full)) => ask_full.push(InvItem::Tx(full)),
                 None => {}
             }
         }
         if !ask.is_empty() {
             self.enqueue(&peer, Class::Reply, RelayMessage::RequestTxs(ask));
+        }
+        if !ask_full.is_empty() {
+            self.enqueue(&peer, Class::Reply, RelayMessage::Request(ask_full));
+        }
+    }
+
+    /// `peer` announced a transaction we lack, by short id `id` (under our salt) and maybe its
+    /// full id. Full-id and short-id announcements of one transaction share one wait, keyed by
+    /// its short id. Returns what to ask `peer` for now: `Some(None)` the short id,
+    /// `Some(Some(full))` the full id; `None` if the transaction is already asked for (then
+    /// `peer` is a fallback) or too many are.
+    fn want_tx(
+        &mut self,
+        now: Instant,
+        peer: P,
+        id: TxShortId,
+        full: Option<TxId>,
+    ) -> Option<Option<TxId>> {
+        let room = self.wanted_short.len() < MAX_WANTED;
+        match self.wanted_short.get_mut(&id) {
+            Some(w) => {
+                if w.full.is_none() {
+                    w.full = full;
+                }
+                let asked = matches!(w.asked, Some((p, _)) if p == peer);
+                if !asked && w.announcers.len() < MAX_ANNOUNCERS && !w.announcers.contains(&peer) {
+                    w.announcers.push_back(peer);
+                }
+                None
+            }
+            None if room => {
+                self.wanted_short.insert(
+                    id,
+                    Wanted {
+                        announcers: VecDeque::new(),
+                        asked: Some((peer, now + self.config.request_timeout)),
+                        retries: 0,
+                        tried: Vec::new(),
+                        full,
+                    },
+                );
+                Some(full)
+            }
+            None => None,
         }
     }
 
@@ -896,7 +944,11 @@ impl<P: PeerKey> RelayEngine<P> {
                     w.tried.push(before);
                 }
                 self.metrics.retries += 1;
-                self.enqueue(&peer, Class::Reply, RelayMessage::RequestTxs(vec![id]));
+                let msg = match w.full {
+                    Some(full) => RelayMessage::Request(vec![InvItem::Tx(full)]),
+                    None => RelayMessage::RequestTxs(vec![id]),
+                };
+                self.enqueue(&peer, Class::Reply, msg);
             }
             None => {
                 self.wanted_short.remove(&id);
@@ -931,6 +983,13 @@ impl<P: PeerKey> RelayEngine<P> {
             if self.have(&item, host) {
                 continue;
             }
+            if let InvItem::Tx(full) = item {
+                let id = self.short_ids.of(&full);
+                if self.want_tx(now, peer, id, Some(full)).is_some() {
+                    ask.push(item);
+                }
+                continue;
+            }
             let room = self.wanted.len() < MAX_WANTED;
             match self.wanted.get_mut(&item) {
                 Some(w) if w.announcers.len() < MAX_ANNOUNCERS && !w.announcers.contains(&peer) => {
@@ -945,6 +1004,7 @@ impl<P: PeerKey> RelayEngine<P> {
                             asked: Some((peer, now + self.config.request_timeout)),
                             retries: 0,
                             tried: Vec::new(),
+                            full: None,
                         },
                     );
                     ask.push(item);
@@ -969,6 +1029,7 @@ impl<P: PeerKey> RelayEngine<P> {
                 asked: Some((peer, now + self.config.request_timeout)),
                 retries: 0,
                 tried: Vec::new(),
+                full: None,
             },
         );
         self.enqueue(&peer, Class::Reply, RelayMessage::Request(vec![item]));
@@ -1171,9 +1232,14 @@ impl<P: PeerKey> RelayEngine<P> {
         }
         let verdicts = host.submit_transactions(fresh.iter().map(|(_, tx)| tx.clone()).collect());
         // A host that answers short leaves the rest unjudged: dropped, nobody blamed.
+        let mut accepted = Vec::new();
         for ((id, tx), verdict) in fresh.into_iter().zip(verdicts) {
+            if verdict == TxVerdict::Accepted && !self.partials.is_empty() {
+                accepted.push(tx.clone());
+            }
             self.on_tx_verdict(now, peer, id, tx, verdict);
         }
+        self.fill_partials(now, &accepted, host);
         for (id, tx) in again {
             if self.seen.contains(&InvItem::Tx(id)) {
                 self.metrics.tx.duplicates += 1;
@@ -1181,6 +1247,33 @@ impl<P: PeerKey> RelayEngine<P> {
                 // The first copy was invalid (a forgery): this one stands on its own.
                 let verdict = host.submit_transaction(tx.clone());
                 self.on_tx_verdict(now, peer, id, tx, verdict);
+            }
+        }
+    }
+
+    /// Puts newly accepted transactions into the blocks being rebuilt that miss them; a block
+    /// left with no gap is imported at once, ahead of the `BlockTxns` reply.
+    fn fill_partials(&mut self, now: Instant, txs: &[Transaction], host: &mut impl RelayHost) {
+        if txs.is_empty() || self.partials.is_empty() {
+            return;
+        }
+        let mut done = Vec::new();
+        for (hash, partial) in &mut self.partials {
+            for tx in txs {
+                if let Some(i) = partial.missing.remove(&ShortId::new(hash, &tx.id()))
+                    && let Some(slot) = partial.txs.get_mut(i as usize)
+                {
+                    *slot = Some(tx.clone());
+                }
+            }
+            if partial.missing.is_empty() {
+                done.push(*hash);
+            }
+        }
+        for hash in done {
+            if let Some(partial) = self.partials.remove(&hash) {
+                self.completed_early.insert(hash, partial.from);
+                self.complete_block(now, hash, partial, host);
             }
         }
     }
@@ -1277,6 +1370,11 @@ impl<P: PeerKey> RelayEngine<P> {
             .map(|(i, _)| i as u32)
             .collect();
         let partial = PartialBlock {
+            missing: missing
+                .iter()
+                .filter_map(|i| cb.short_ids.get(*i as usize).map(|s| (*s, *i)))
+                .collect(),
+            requested: missing.clone(),
             header: cb.header,
             txs,
             from: peer,
@@ -1494,7 +1592,12 @@ impl<P: PeerKey> RelayEngine<P> {
         host: &mut impl RelayHost,
     ) {
         let Some(mut partial) = self.partials.remove(&hash) else {
-            self.penalize(peer, Offence::Unrequested);
+            if self.completed_early.get(&hash) == Some(&peer) {
+                // We asked; relayed transactions completed the block first.
+                self.completed_early.remove(&hash);
+            } else {
+                self.penalize(peer, Offence::Unrequested);
+            }
             return;
         };
         if partial.from != peer {
@@ -1502,11 +1605,13 @@ impl<P: PeerKey> RelayEngine<P> {
             self.penalize(peer, Offence::Unrequested);
             return;
         }
-        let mut supplied = txs.into_iter();
-        for slot in partial.txs.iter_mut().filter(|t| t.is_none()) {
-            *slot = supplied.next();
+        let complete = txs.len() == partial.requested.len();
+        for (i, tx) in partial.requested.iter().zip(txs) {
+            if let Some(slot) = partial.txs.get_mut(*i as usize) {
+                *slot = Some(tx);
+            }
         }
-        if partial.txs.iter().any(Option::is_none) || supplied.next().is_some() {
+        if !complete || partial.txs.iter().any(Option::is_none) {
             self.penalize(peer, Offence::MalformedReply);
             self.metrics.compact_fallback += 1;
             self.want_from(now, hash, peer, partial.alternates);
@@ -1935,7 +2040,7 @@ mod tests {
         // Node A got `tx` from peer 9 (so it relays it: announce only) and has peers B (1), C (2).
         let mut a: RelayEngine<u8> = RelayEngine::new(PropagationConfig::default(), 1);
         let mut b: RelayEngine<u8> = RelayEngine::new(PropagationConfig::default(), 2);
-        let mut c: RelayEngine<u8> = RelayEngine::new(PropagationConfig::default(), 3);
+        let c: RelayEngine<u8> = RelayEngine::new(PropagationConfig::default(), 3);
         assert_ne!(b.tx_salt(), c.tx_salt(), "every node has its own salt");
         let mut host_a = Mempool::default();
         let mut host_b = Mempool::default();
@@ -2144,6 +2249,55 @@ mod tests {
     }
 
     /// A stored parent, and a child block of `txs` on it, signed by its producer.
+    /// A missing transaction relayed to us while its block waits for `BlockTxns` completes the
+    /// block at once; the late reply is expected, not unrequested.
+    #[test]
+    fn a_relayed_transaction_completes_a_waiting_block_before_its_block_txns() {
+        let key = Keypair::from_secret(&[8; 32]);
+        let (have, lack) = (tx(&key, 1), tx(&key, 2));
+        let (parent, block) = parent_and_child(&key, vec![have.clone(), lack.clone()]);
+        let mut host = Mempool::default();
+        host.1.insert(parent.hash(), parent);
+        host.0.insert(have.id(), have);
+        let mut engine = engine_with_peers(&[1, 2]);
+        let now = Instant::now();
+        engine.handle_message(
+            now,
+            1,
+            RelayMessage::CompactBlock(CompactBlock::of(&block)),
+            &mut host,
+        );
+        assert!(
+            sent(&mut engine, 1).contains(&RelayMessage::BlockTxnsRequest {
+                block: block.hash(),
+                indexes: vec![1]
+            })
+        );
+        assert!(!host.has_block(&block.hash()));
+        engine.handle_message(
+            now,
+            2,
+            RelayMessage::Transactions(vec![lack.clone()]),
+            &mut host,
+        );
+        assert!(host.has_block(&block.hash()), "completed by the relayed tx");
+        events(&mut engine);
+        engine.handle_message(
+            now,
+            1,
+            RelayMessage::BlockTxns {
+                block: block.hash(),
+                txs: vec![lack],
+            },
+            &mut host,
+        );
+        let penalties: Vec<_> = events(&mut engine)
+            .into_iter()
+            .filter(|e| matches!(e, RelayEvent::Penalty { .. }))
+            .collect();
+        assert!(penalties.is_empty(), "{penalties:?}");
+    }
+
     fn parent_and_child(key: &Keypair, txs: Vec<Transaction>) -> (Block, Block) {
         let parent = Block::build(key, BlockHash([0; 32]), Height(0), TimestampMs(0), vec![]);
         let child = Block::build(key, parent.hash(), Height(1), TimestampMs(1_000), txs);

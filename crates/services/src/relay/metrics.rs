@@ -152,8 +152,9 @@ mod tests {
                 bytes: 8
             }
         );
-        assert_eq!(w.total().messages, 11);
-        assert_eq!(w.total().bytes, (1..=11).sum::<u64>());
+        let n = MessageKind::ALL.len();
+        assert_eq!(w.total().messages, n as u64);
+        assert_eq!(w.total().bytes, (1..=n as u64).sum::<u64>());
         let msg = RelayMessage::Announce(Vec::new());
         assert_eq!(MessageKind::of(&msg), MessageKind::Announce);
     }
