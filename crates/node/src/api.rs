@@ -43,7 +43,7 @@ use playergold_net::{Direction, Multiaddr, NetworkError, NetworkHandle, PeerId, 
 use playergold_protocol::relay::TxVerdict;
 use playergold_services::{RelayError, RelayHandle, ReputationError, ReputationHandle, SyncHandle};
 
-use crate::metrics::{ChainGauges, NodeMetrics};
+use crate::metrics::{ChainGauges, NodeMetrics, ServiceSnapshot};
 
 /// Largest request body accepted. A signed transaction is a few hundred bytes of JSON; this
 /// leaves room for formatting while keeping a flood of large bodies cheap to refuse.
@@ -245,14 +245,46 @@ async fn metrics(State(state): State<Arc<ApiState>>) -> Result<Response, ApiErro
             mempool_transactions: chain.mempool_len(),
         })
         .await?;
+    let services = service_snapshot(&state).await;
     Ok((
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        state.metrics.encode(gauges),
+        state.metrics.encode(gauges, services),
     )
         .into_response())
+}
+
+/// How long a scrape waits for each service's counters. They answer from their owning task,
+/// which normally takes microseconds; a service stuck longer than this is left out of the
+/// scrape (Prometheus' own timeout defaults to 10 s).
+const SERVICE_METRICS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The relay's, sync's and reputation's counters now, asked concurrently; a service that is
+/// stopped or does not answer within [`SERVICE_METRICS_TIMEOUT`] is `None`.
+async fn service_snapshot(state: &ApiState) -> ServiceSnapshot {
+    async fn ask<T, E>(f: impl Future<Output = Result<T, E>>) -> Option<T> {
+        tokio::time::timeout(SERVICE_METRICS_TIMEOUT, f)
+            .await
+            .ok()?
+            .ok()
+    }
+    let (relay, sync, reputation, bans) = tokio::join!(
+        ask(state.relay.metrics()),
+        ask(state.sync.metrics()),
+        ask(state.reputation.distribution()),
+        ask(state.reputation.bans()),
+    );
+    let status = state.sync.status();
+    ServiceSnapshot {
+        relay,
+        sync,
+        progress: Some(status.progress),
+        network_state: Some(status.network),
+        reputation,
+        bans: bans.map(|b| b.len()),
+    }
 }
 
 /// `GET /api/v1/status`.
@@ -427,7 +459,12 @@ impl From<PeerInfo> for PeerView {
             .to_string(),
             latency_ms: p.latency.map(|d| d.as_secs_f64() * 1_000.0),
             reputation: i64::from(p.score.0),
-            capabilities: Vec::new(),
+            capabilities: p
+                .capabilities
+                .names()
+                .into_iter()
+                .map(String::from)
+                .collect(),
         }
     }
 }

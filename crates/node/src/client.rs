@@ -1,5 +1,6 @@
-//! The commands that talk to a running node's HTTP API: `playergold status` and
-//! `playergold tx send`.
+//! The commands that talk to a running node's HTTP API: `playergold status`, `peers`, `ban`,
+//! `unban` and `tx send`. Each prints text, or JSON with the global `--json` flag (the API's
+//! answer as it came, plus for `tx send` what was signed).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -19,15 +20,12 @@ use crate::keyfile;
 /// How long one API call may take, connection included.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Where the node's API is and how to print its answers.
+/// Where the node's API is.
 #[derive(Debug, clap::Args)]
 pub(crate) struct ApiArgs {
     /// The node's API address.
     #[arg(long, value_name = "HOST:PORT", env = "PLAYERGOLD_API", default_value_t = DEFAULT_API.to_string())]
     api: String,
-    /// Print JSON instead of text.
-    #[arg(long)]
-    json: bool,
 }
 
 /// Arguments of `playergold tx send`.
@@ -53,9 +51,9 @@ pub(crate) struct TxSendArgs {
 }
 
 /// `playergold status`.
-pub(crate) fn status(args: ApiArgs) -> anyhow::Result<()> {
+pub(crate) fn status(args: ApiArgs, json: bool) -> anyhow::Result<()> {
     let s: StatusResponse = block_on(call(&args.api, Method::GET, "/api/v1/status", None))?;
-    if args.json {
+    if json {
         return print_json(&s);
     }
     println!("peer id        {}", s.peer_id);
@@ -70,9 +68,9 @@ pub(crate) fn status(args: ApiArgs) -> anyhow::Result<()> {
 }
 
 /// `playergold peers`.
-pub(crate) fn peers(args: ApiArgs) -> anyhow::Result<()> {
+pub(crate) fn peers(args: ApiArgs, json: bool) -> anyhow::Result<()> {
     let peers: Vec<PeerView> = block_on(call(&args.api, Method::GET, "/api/v1/peers", None))?;
-    if args.json {
+    if json {
         return print_json(&peers);
     }
     if peers.is_empty() {
@@ -121,7 +119,7 @@ pub(crate) struct UnbanArgs {
 
 /// `playergold ban`: the node disconnects the peer and refuses it until the ban ends, also
 /// across restarts.
-pub(crate) fn ban(args: BanArgs) -> anyhow::Result<()> {
+pub(crate) fn ban(args: BanArgs, json: bool) -> anyhow::Result<()> {
     let body = serde_json::json!({ "peer_id": args.peer, "duration_secs": args.duration_secs });
     let ban: BanView = block_on(call(
         &args.api.api,
@@ -129,7 +127,7 @@ pub(crate) fn ban(args: BanArgs) -> anyhow::Result<()> {
         "/api/v1/bans",
         Some(body.to_string()),
     ))?;
-    if args.api.json {
+    if json {
         return print_json(&ban);
     }
     println!(
@@ -140,10 +138,10 @@ pub(crate) fn ban(args: BanArgs) -> anyhow::Result<()> {
 }
 
 /// `playergold unban`.
-pub(crate) fn unban(args: UnbanArgs) -> anyhow::Result<()> {
+pub(crate) fn unban(args: UnbanArgs, json: bool) -> anyhow::Result<()> {
     let path = format!("/api/v1/bans/{}", args.peer);
     let out: serde_json::Value = block_on(call(&args.api.api, Method::DELETE, &path, None))?;
-    if args.api.json {
+    if json {
         return print_json(&out);
     }
     println!("unbanned {}", args.peer);
@@ -151,7 +149,7 @@ pub(crate) fn unban(args: UnbanArgs) -> anyhow::Result<()> {
 }
 
 /// `playergold tx send`: signs locally and submits.
-pub(crate) fn tx_send(args: TxSendArgs) -> anyhow::Result<()> {
+pub(crate) fn tx_send(args: TxSendArgs, json: bool) -> anyhow::Result<()> {
     let key = match &args.key {
         Some(path) => keyfile::load(path)?,
         None => Keypair::generate(),
@@ -172,8 +170,15 @@ pub(crate) fn tx_send(args: TxSendArgs) -> anyhow::Result<()> {
         "/api/v1/transactions",
         Some(body),
     ))?;
-    if args.api.json {
-        return print_json(&r);
+    if json {
+        return print_json(&serde_json::json!({
+            "id": r.id,
+            "from": key.public().address().to_string(),
+            "to": args.to.to_string(),
+            "amount": args.amount,
+            "fee": args.fee,
+            "nonce": args.nonce,
+        }));
     }
     println!("submitted transaction {}", r.id);
     println!(

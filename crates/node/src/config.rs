@@ -94,6 +94,9 @@ pub(crate) struct NodeConfig {
     pub(crate) listen: Vec<Multiaddr>,
     /// Peers to dial at start-up.
     pub(crate) bootstrap: Vec<Multiaddr>,
+    /// Addresses other nodes can reach this one on (a public IP, a forwarded port), announced
+    /// to peers; declaring one makes the node a DHT server.
+    pub(crate) external_addrs: Vec<Multiaddr>,
     /// Below this many peers the node looks for more.
     pub(crate) min_peers: usize,
     /// The node accepts at most this many peers.
@@ -127,6 +130,7 @@ impl Default for NodeConfig {
         NodeConfig {
             listen,
             bootstrap: Vec::new(),
+            external_addrs: Vec::new(),
             min_peers: 8,
             max_peers: 50,
             mdns: true,
@@ -145,6 +149,7 @@ impl Default for NodeConfig {
 struct ConfigLayer {
     listen: Option<Vec<Multiaddr>>,
     bootstrap: Option<Vec<Multiaddr>>,
+    external_addrs: Option<Vec<Multiaddr>>,
     min_peers: Option<usize>,
     max_peers: Option<usize>,
     mdns: Option<bool>,
@@ -161,6 +166,7 @@ struct ConfigLayer {
 enum EnvKey {
     Listen,
     Bootstrap,
+    ExternalAddrs,
     MinPeers,
     MaxPeers,
     Mdns,
@@ -172,9 +178,10 @@ enum EnvKey {
 }
 
 impl EnvKey {
-    const ALL: [EnvKey; 10] = [
+    const ALL: [EnvKey; 11] = [
         EnvKey::Listen,
         EnvKey::Bootstrap,
+        EnvKey::ExternalAddrs,
         EnvKey::MinPeers,
         EnvKey::MaxPeers,
         EnvKey::Mdns,
@@ -189,6 +196,7 @@ impl EnvKey {
         match self {
             EnvKey::Listen => "PLAYERGOLD_LISTEN",
             EnvKey::Bootstrap => "PLAYERGOLD_BOOTSTRAP",
+            EnvKey::ExternalAddrs => "PLAYERGOLD_EXTERNAL_ADDRS",
             EnvKey::MinPeers => "PLAYERGOLD_MIN_PEERS",
             EnvKey::MaxPeers => "PLAYERGOLD_MAX_PEERS",
             EnvKey::Mdns => "PLAYERGOLD_MDNS",
@@ -262,6 +270,7 @@ impl ConfigLayer {
             match key {
                 EnvKey::Listen => layer.listen = Some(parse_env_list(&name, v)?),
                 EnvKey::Bootstrap => layer.bootstrap = Some(parse_env_list(&name, v)?),
+                EnvKey::ExternalAddrs => layer.external_addrs = Some(parse_env_list(&name, v)?),
                 EnvKey::MinPeers => layer.min_peers = Some(parse_env(&name, v)?),
                 EnvKey::MaxPeers => layer.max_peers = Some(parse_env(&name, v)?),
                 EnvKey::Mdns => layer.mdns = Some(parse_env(&name, v)?),
@@ -284,6 +293,7 @@ impl NodeConfig {
         let ConfigLayer {
             listen,
             bootstrap,
+            external_addrs,
             min_peers,
             max_peers,
             mdns,
@@ -303,6 +313,7 @@ impl NodeConfig {
         set!(
             listen,
             bootstrap,
+            external_addrs,
             min_peers,
             max_peers,
             mdns,
@@ -372,6 +383,10 @@ pub(crate) struct ConfigArgs {
     /// Dial no bootstrap peers, whatever the config says.
     #[arg(long, conflicts_with = "bootstrap")]
     no_bootstrap: bool,
+    /// Address other nodes can reach this one on (a public IP, a forwarded port), announced to
+    /// peers; repeat for several (replaces the config's list).
+    #[arg(long, value_name = "MULTIADDR")]
+    external_addr: Vec<Multiaddr>,
     /// Look for more peers below this many.
     #[arg(long, value_name = "N")]
     min_peers: Option<usize>,
@@ -402,6 +417,7 @@ impl ConfigArgs {
             } else {
                 list(&self.bootstrap)
             },
+            external_addrs: list(&self.external_addr),
             min_peers: self.min_peers,
             max_peers: self.max_peers,
             mdns: self.no_mdns.then_some(false),
@@ -476,11 +492,16 @@ mod tests {
                 "PLAYERGOLD_LISTEN",
                 "/ip4/127.0.0.1/tcp/1, /ip4/127.0.0.1/tcp/2",
             ),
+            (
+                "PLAYERGOLD_EXTERNAL_ADDRS",
+                "/ip4/203.0.113.7/tcp/7000,/ip4/203.0.113.7/udp/7000/quic-v1",
+            ),
             ("HOME", "/root"),
         ]))
         .expect("env parses");
         let config = NodeConfig::from_layers([file, env]).expect("valid");
         assert_eq!(config.max_peers, 22);
+        assert_eq!(config.external_addrs.len(), 2);
         assert!(!config.mdns);
         assert_eq!(config.listen.len(), 2);
         assert_eq!(config.bootstrap.len(), 1);

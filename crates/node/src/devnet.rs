@@ -10,7 +10,10 @@
 //!       --tps R spread over the nodes, Ctrl-C / SIGTERM (or --seconds) stops them all
 //! ```
 //!
-//! Running it again on the same DIR restarts the same devnet with its chains.
+//! Running it again on the same DIR restarts the same devnet with its chains. With `--json`,
+//! `--init-only` prints the devnet as one JSON object, and a running devnet prints one JSON
+//! object per line: `{"event": "running", ...}` once every node serves, then
+//! `{"event": "stopped", "reason": ...}`.
 
 use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
@@ -168,14 +171,17 @@ fn create(dir: &Path, nodes: usize, mdns: bool, slot_ms: u64) -> anyhow::Result<
     Ok(file)
 }
 
-/// Loads the devnet in `dir`, or creates one.
-fn load_or_create(args: &DevnetArgs) -> anyhow::Result<DevnetFile> {
+/// Loads the devnet in `dir`, or creates one; says which (unless `json`).
+fn load_or_create(args: &DevnetArgs, json: bool) -> anyhow::Result<DevnetFile> {
     if !(1..=MAX_NODES).contains(&args.nodes) {
         bail!("--nodes {} is outside 1..={MAX_NODES}", args.nodes);
     }
     let path = args.dir.join(DEVNET_FILE);
     if !path.exists() {
         let file = create(&args.dir, args.nodes, args.mdns, args.slot_ms)?;
+        if json {
+            return Ok(file);
+        }
         println!(
             "created a devnet of {} nodes in {}",
             args.nodes,
@@ -196,7 +202,9 @@ fn load_or_create(args: &DevnetArgs) -> anyhow::Result<DevnetFile> {
             file.nodes.len()
         );
     }
-    println!("reusing the devnet in {}", args.dir.display());
+    if !json {
+        println!("reusing the devnet in {}", args.dir.display());
+    }
     Ok(file)
 }
 
@@ -265,11 +273,43 @@ async fn wait_healthy_all(procs: &mut [NodeProcess], nodes: &[DevnetNode]) -> an
     Ok(())
 }
 
+/// The devnet as `--json` prints it: devnet.json's content with each node's index and log.
+fn json_view(args: &DevnetArgs, file: &DevnetFile) -> serde_json::Value {
+    let nodes: Vec<serde_json::Value> = file
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, node)| {
+            serde_json::json!({
+                "index": i,
+                "peer_id": node.peer_id,
+                "p2p": node.p2p,
+                "api": node.api,
+                "data_dir": node.data_dir,
+                "log": node.data_dir.join("node.log"),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "network": file.network,
+        "devnet_file": args.dir.join(DEVNET_FILE),
+        "dashboard": file.nodes.first().map(|n| format!("http://{}/", n.api)),
+        "nodes": nodes,
+    })
+}
+
 /// `playergold devnet`.
-pub(crate) fn run(args: DevnetArgs) -> anyhow::Result<()> {
-    let file = load_or_create(&args)?;
+pub(crate) fn run(args: DevnetArgs, json: bool) -> anyhow::Result<()> {
+    let file = load_or_create(&args, json)?;
     if args.init_only {
-        println!("wrote {}", args.dir.join(DEVNET_FILE).display());
+        if json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&json_view(&args, &file))?
+            );
+        } else {
+            println!("wrote {}", args.dir.join(DEVNET_FILE).display());
+        }
         return Ok(());
     }
     let exe = std::env::current_exe().context("cannot find the playergold binary itself")?;
@@ -307,23 +347,80 @@ pub(crate) fn run(args: DevnetArgs) -> anyhow::Result<()> {
             }
         }
     }
-    let result = runtime.block_on(supervise(&args, &file, &mut procs));
+    let result = runtime.block_on(supervise(&args, &file, &mut procs, json));
     stop_all(&mut procs);
-    println!("devnet stopped");
-    result
+    if json {
+        let reason = match &result {
+            Ok(reason) => (*reason).to_string(),
+            Err(e) => format!("{e:#}"),
+        };
+        println!(
+            "{}",
+            serde_json::json!({ "event": "stopped", "reason": reason })
+        );
+    } else {
+        println!("devnet stopped");
+    }
+    result.map(drop)
 }
 
 /// Waits for every node to serve, prints where they are, then watches them until a signal,
-/// `--seconds`, or a node dies.
+/// `--seconds`, or a node dies. Returns why it stopped.
 async fn supervise(
     args: &DevnetArgs,
     file: &DevnetFile,
     procs: &mut [NodeProcess],
-) -> anyhow::Result<()> {
+    json: bool,
+) -> anyhow::Result<&'static str> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     wait_healthy_all(procs, &file.nodes).await?;
+    let stopping = |reason: &'static str| {
+        if !json {
+            println!("stopping the devnet ({reason})");
+        }
+        Ok(reason)
+    };
+    if json {
+        // serde_json sorts keys: `event` ("running", like "stopped" after it) lands among them.
+        let mut running = json_view(args, file);
+        running["event"] = "running".into();
+        println!("{running}");
+    } else {
+        print_running(args, file);
+    }
+    let started = Instant::now();
+    let mut tick = tokio::time::interval(SUPERVISE_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = int.recv() => return stopping("SIGINT"),
+            _ = term.recv() => return stopping("SIGTERM"),
+            _ = tick.tick() => {}
+        }
+        if args
+            .seconds
+            .is_some_and(|s| started.elapsed() >= Duration::from_secs(s))
+        {
+            return stopping("--seconds elapsed");
+        }
+        for proc in procs.iter_mut() {
+            if let Ok(Some(status)) = proc.child.try_wait() {
+                bail!(
+                    "node {} exited unexpectedly ({status}): see {}",
+                    proc.index,
+                    file.nodes
+                        .get(proc.index)
+                        .map(|n| n.data_dir.join("node.log").display().to_string())
+                        .unwrap_or_default()
+                );
+            }
+        }
+    }
+}
+
+/// The running devnet for a person: each node's API, PeerId and log, and the dashboard.
+fn print_running(args: &DevnetArgs, file: &DevnetFile) {
     println!(
         "devnet of {} nodes running (network {}):",
         file.nodes.len(),
@@ -344,32 +441,4 @@ async fn supervise(
         "nodes are described in {}; Ctrl-C stops them all",
         args.dir.join(DEVNET_FILE).display()
     );
-    let started = Instant::now();
-    let mut tick = tokio::time::interval(SUPERVISE_INTERVAL);
-    loop {
-        tokio::select! {
-            _ = int.recv() => { println!("stopping the devnet (SIGINT)"); return Ok(()); }
-            _ = term.recv() => { println!("stopping the devnet (SIGTERM)"); return Ok(()); }
-            _ = tick.tick() => {}
-        }
-        if args
-            .seconds
-            .is_some_and(|s| started.elapsed() >= Duration::from_secs(s))
-        {
-            println!("stopping the devnet (--seconds elapsed)");
-            return Ok(());
-        }
-        for proc in procs.iter_mut() {
-            if let Ok(Some(status)) = proc.child.try_wait() {
-                bail!(
-                    "node {} exited unexpectedly ({status}): see {}",
-                    proc.index,
-                    file.nodes
-                        .get(proc.index)
-                        .map(|n| n.data_dir.join("node.log").display().to_string())
-                        .unwrap_or_default()
-                );
-            }
-        }
-    }
 }

@@ -16,6 +16,7 @@ mod keyfile;
 mod lock;
 mod metrics;
 mod network;
+mod progress;
 mod run;
 
 use std::path::PathBuf;
@@ -33,6 +34,10 @@ pub(crate) const CHAIN_FILE: &str = "chain.redb";
 #[derive(Parser)]
 #[command(name = "playergold", version, about = "PlayerGold node")]
 struct Cli {
+    /// Print JSON for scripts instead of text: one document, or one object per line for the
+    /// long-running `node` and `devnet`.
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -93,9 +98,6 @@ enum ConfigCommand {
         /// Data directory whose config.toml to read.
         #[arg(long)]
         data_dir: Option<PathBuf>,
-        /// Print JSON instead of TOML.
-        #[arg(long)]
-        json: bool,
         #[command(flatten)]
         config: config::ConfigArgs,
     },
@@ -117,8 +119,14 @@ enum KeysCommand {
     },
 }
 
-/// `playergold init`: key, genesis and database in `data_dir`.
-pub(crate) fn init(data_dir: &std::path::Path, network: &str, slot_ms: u64) -> anyhow::Result<()> {
+/// `playergold init`: key, genesis and database in `data_dir`; prints where they are and the
+/// node's identity (as one JSON object with `json`).
+pub(crate) fn init(
+    data_dir: &std::path::Path,
+    network: &str,
+    slot_ms: u64,
+    print: InitOutput,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
     let key_path = data_dir.join(NODE_KEY_FILE);
@@ -141,16 +149,53 @@ pub(crate) fn init(data_dir: &std::path::Path, network: &str, slot_ms: u64) -> a
         genesis.validate()?;
         std::fs::write(&genesis_path, toml::to_string_pretty(&genesis)?)?;
     }
-    println!("data dir   {}", data_dir.display());
-    println!("config     {}", config_path.display());
-    print_identity(&key)
+    let paths = [
+        ("data dir", "data_dir", data_dir),
+        ("config", "config", config_path.as_path()),
+    ];
+    match print {
+        InitOutput::Text => print_identity(&key, &paths, false),
+        InitOutput::Json => print_identity(&key, &paths, true),
+        InitOutput::Nothing => Ok(()),
+    }
 }
 
-/// Prints a key's public key, account address and PeerId.
-fn print_identity(key: &Keypair) -> anyhow::Result<()> {
+/// What [`init`] prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum InitOutput {
+    /// Where things are and the node's identity, as text.
+    Text,
+    /// The same as one JSON object.
+    Json,
+    /// Nothing (`node --dev --json`, whose stdout holds only its own JSON lines).
+    Nothing,
+}
+
+/// Prints `paths` (text label, JSON key, path) and a key's public key, account address and
+/// PeerId: aligned lines, or one JSON object with `json`.
+fn print_identity(
+    key: &Keypair,
+    paths: &[(&str, &str, &std::path::Path)],
+    json: bool,
+) -> anyhow::Result<()> {
+    let peer_id = network::peer_id_of(key)?;
+    if json {
+        let mut out = serde_json::Map::new();
+        for (_, name, path) in paths {
+            out.insert((*name).into(), path.display().to_string().into());
+        }
+        out.insert("public_key".into(), key.public().to_string().into());
+        out.insert("address".into(), key.public().address().to_string().into());
+        out.insert("peer_id".into(), peer_id.to_string().into());
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    for (label, _, path) in paths {
+        println!("{label:<10} {}", path.display());
+    }
     println!("public key {}", key.public());
     println!("address    {}", key.public().address());
-    println!("peer id    {}", network::peer_id_of(key)?);
+    println!("peer id    {peer_id}");
     Ok(())
 }
 
@@ -158,9 +203,11 @@ fn print_identity(key: &Keypair) -> anyhow::Result<()> {
 pub(crate) fn init_logging(format: config::LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only on a terminal: log files and collectors get plain text.
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(|| progress::StderrAroundBar);
     match format {
         config::LogFormat::Text => logs.init(),
         config::LogFormat::Json => logs.json().init(),
@@ -179,6 +226,7 @@ fn main() -> ExitCode {
 }
 
 fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    let json = cli.json;
     if !matches!(cli.command, Command::Node(_)) {
         // The node sets up logging itself once its config (which holds the format) is read.
         init_logging(config::LogFormat::Text);
@@ -188,34 +236,38 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             data_dir,
             network,
             slot_ms,
-        } => init(&data_dir, &network, slot_ms),
-        Command::Node(args) => run::run(args),
+        } => init(
+            &data_dir,
+            &network,
+            slot_ms,
+            if json {
+                InitOutput::Json
+            } else {
+                InitOutput::Text
+            },
+        ),
+        Command::Node(args) => run::run(args, json),
         Command::Keys { command } => match command {
             KeysCommand::Generate { out } => {
                 let key = Keypair::generate();
                 keyfile::create(&out, &key)?;
-                print_identity(&key)
+                print_identity(&key, &[("key file", "key_file", &out)], json)
             }
             KeysCommand::Show { data_dir } => {
                 let key = keyfile::load(&data_dir.join(NODE_KEY_FILE))?;
-                print_identity(&key)
+                print_identity(&key, &[], json)
             }
         },
-        Command::Status(args) => client::status(args),
-        Command::Peers(args) => client::peers(args),
-        Command::Ban(args) => client::ban(args),
-        Command::Unban(args) => client::unban(args),
-        Command::Devnet(args) => devnet::run(args),
+        Command::Status(args) => client::status(args, json),
+        Command::Peers(args) => client::peers(args, json),
+        Command::Ban(args) => client::ban(args, json),
+        Command::Unban(args) => client::unban(args, json),
+        Command::Devnet(args) => devnet::run(args, json),
         Command::Tx {
             command: TxCommand::Send(args),
-        } => client::tx_send(args),
+        } => client::tx_send(args, json),
         Command::Config {
-            command:
-                ConfigCommand::Show {
-                    data_dir,
-                    json,
-                    config,
-                },
+            command: ConfigCommand::Show { data_dir, config },
         } => {
             let config = config.load(data_dir.as_deref())?;
             if json {

@@ -35,6 +35,7 @@ pub(crate) fn network_config(
     let mut net = NetworkConfig::new(name);
     net.listen_addrs = config.listen.clone();
     net.bootstrap = config.bootstrap.clone();
+    net.external_addrs = config.external_addrs.clone();
     net.min_peers = config.min_peers;
     net.max_peers = config.max_peers;
     // Outbound slots: the target plus two for manual and persistent peers, within max_peers.

@@ -5,7 +5,13 @@
 //!  signal / --seconds ──► stop (watch) ──► producer finishes its block and returns
 //!                                    ├──► API stops accepting, drains (bounded), /health 503
 //!                                    └──► load and status tasks end; chain and lock dropped
+//!  relay NewBlock/NewTransaction from peers ──► propagation-delay histogram (/metrics)
+//!  every 10 s: status line (peers in/out, best block, sync target, bytes in/out)
+//!  sync watch ──► progress bar on stderr while syncing (terminals only)
 //! ```
+//!
+//! What it prints on stdout (start-up, listening addresses, the final tip) is text, or one JSON
+//! object per line with `--json`: `{"event": "started" | "listening" | "stopped", ...}`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,7 +20,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use playergold_chain::{Blockchain, ChainBackend, ChainConfig, ProofOfAuthority};
 use playergold_primitives::{
-    Address, Amount, Genesis, Keypair, MAX_BLOCK_TXS, Nonce, TimestampMs, UnsignedTransaction,
+    Address, Amount, BlockHash, Genesis, Height, Keypair, MAX_BLOCK_TXS, Nonce, TimestampMs, TxId,
+    UnsignedTransaction,
 };
 use playergold_protocol::relay::PropagationConfig;
 use playergold_protocol::reputation::{Reason, ReputationConfig};
@@ -29,7 +36,7 @@ use tokio::sync::watch;
 use crate::api::{self, ApiState};
 use crate::config::ConfigArgs;
 use crate::lock::DataDirLock;
-use crate::metrics::NodeMetrics;
+use crate::metrics::{ItemKind, NodeMetrics};
 use crate::{CHAIN_FILE, GENESIS_FILE, NODE_KEY_FILE, keyfile, network};
 
 /// How often the status line is logged.
@@ -38,6 +45,9 @@ const STATUS_INTERVAL: Duration = Duration::from_secs(10);
 const LOAD_TICK: Duration = Duration::from_millis(100);
 /// How long API requests in flight may take to finish once shutdown starts.
 const API_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most relay events whose items' timestamps are read from the chain in one go: one trip to
+/// the blocking pool (and the chain lock) per batch instead of per item under load.
+const PROPAGATION_BATCH: usize = 256;
 
 /// Arguments of `playergold node`.
 #[derive(clap::Args)]
@@ -58,7 +68,7 @@ pub(crate) struct NodeArgs {
     config: ConfigArgs,
 }
 
-pub(crate) fn run(args: NodeArgs) -> anyhow::Result<()> {
+pub(crate) fn run(args: NodeArgs, json: bool) -> anyhow::Result<()> {
     if args.dev {
         std::fs::create_dir_all(&args.data_dir)
             .with_context(|| format!("cannot create data directory {}", args.data_dir.display()))?;
@@ -66,7 +76,13 @@ pub(crate) fn run(args: NodeArgs) -> anyhow::Result<()> {
     // Held until this function returns, after the runtime and the chain are gone.
     let _lock = DataDirLock::acquire(&args.data_dir)?;
     if args.dev && !args.data_dir.join(NODE_KEY_FILE).exists() {
-        crate::init(&args.data_dir, "devnet", 1_000)?;
+        // With --json, stdout holds only the node's JSON lines; `listening` names the PeerId.
+        let print = if json {
+            crate::InitOutput::Nothing
+        } else {
+            crate::InitOutput::Text
+        };
+        crate::init(&args.data_dir, "devnet", 1_000, print)?;
     }
     let config = args.config.load(Some(&args.data_dir))?;
     crate::init_logging(config.log_format);
@@ -88,13 +104,23 @@ pub(crate) fn run(args: NodeArgs) -> anyhow::Result<()> {
         consensus,
         ChainConfig::default(),
     )?);
-    println!(
-        "node started: network {} genesis {} tip {} at height {}",
-        genesis.network,
-        chain.genesis_hash(),
-        chain.tip().hash,
-        chain.tip().height
-    );
+    let tip = chain.tip();
+    if json {
+        print_event(&NodeEvent::Started {
+            network: &genesis.network,
+            genesis_hash: chain.genesis_hash(),
+            best_hash: tip.hash,
+            best_height: tip.height,
+        })?;
+    } else {
+        println!(
+            "node started: network {} genesis {} tip {} at height {}",
+            genesis.network,
+            chain.genesis_hash(),
+            tip.hash,
+            tip.height
+        );
+    }
     let net_config = network::network_config(&config, &genesis)?;
     let net_key = network::network_key(&args.data_dir)?;
     let runtime = tokio::runtime::Runtime::new()?;
@@ -108,9 +134,17 @@ pub(crate) fn run(args: NodeArgs) -> anyhow::Result<()> {
         )
         .await
         .context("starting the peer-to-peer network")?;
-        println!("peer id {}", net.local_peer_id());
-        for addr in net.listen_addrs().await? {
-            println!("p2p listening on {addr}/p2p/{}", net.local_peer_id());
+        let p2p: Vec<String> = net
+            .listen_addrs()
+            .await?
+            .iter()
+            .map(|addr| format!("{addr}/p2p/{}", net.local_peer_id()))
+            .collect();
+        if !json {
+            println!("peer id {}", net.local_peer_id());
+            for addr in &p2p {
+                println!("p2p listening on {addr}");
+            }
         }
         let metrics = Arc::new(metrics);
         let capabilities = network::capabilities(&config);
@@ -149,7 +183,15 @@ pub(crate) fn run(args: NodeArgs) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let stop = stop_requested(args.seconds)?;
         let listener = api::bind(config.api).await?;
-        println!("api listening on {}", listener.local_addr()?);
+        if json {
+            print_event(&NodeEvent::Listening {
+                peer_id: net.local_peer_id().to_string(),
+                p2p: &p2p,
+                api: listener.local_addr()?,
+            })?;
+        } else {
+            println!("api listening on {}", listener.local_addr()?);
+        }
         let api = tokio::spawn(api::serve(
             listener,
             ApiState {
@@ -182,6 +224,12 @@ pub(crate) fn run(args: NodeArgs) -> anyhow::Result<()> {
             sync.clone(),
             metrics.clone(),
         ));
+        let propagation = tokio::spawn(observe_propagation(
+            relay.subscribe(),
+            chain.clone(),
+            metrics.clone(),
+        ));
+        let progress = tokio::spawn(crate::progress::show_sync_progress(sync.watch()));
 
         let produced = tokio::select! {
             reason = stop => {
@@ -198,6 +246,8 @@ pub(crate) fn run(args: NodeArgs) -> anyhow::Result<()> {
             None => producer.await,
         };
         status.abort();
+        propagation.abort();
+        progress.abort();
         if let Some(l) = load {
             l.abort();
         }
@@ -223,14 +273,62 @@ pub(crate) fn run(args: NodeArgs) -> anyhow::Result<()> {
         }
         produced??;
         let tip = chain.tip();
-        println!(
-            "node stopped: tip {} at height {}, {} txs included by this node in this run",
-            tip.hash,
-            tip.height,
-            metrics.transactions_included.get()
-        );
+        if json {
+            print_event(&NodeEvent::Stopped {
+                best_hash: tip.hash,
+                best_height: tip.height,
+                transactions_included: metrics.transactions_included.get(),
+            })?;
+        } else {
+            println!(
+                "node stopped: tip {} at height {}, {} txs included by this node in this run",
+                tip.hash,
+                tip.height,
+                metrics.transactions_included.get()
+            );
+        }
         anyhow::Ok(())
     })
+}
+
+/// What `playergold node --json` prints on stdout, one object per line, `event` first.
+#[derive(Debug, serde::Serialize)]
+#[serde(tag = "event", rename_all = "lowercase")]
+enum NodeEvent<'a> {
+    /// The chain is open.
+    Started {
+        /// The network the genesis names.
+        network: &'a str,
+        /// The genesis block hash.
+        genesis_hash: BlockHash,
+        /// The best block.
+        best_hash: BlockHash,
+        /// Its height.
+        best_height: Height,
+    },
+    /// The network and the API are listening.
+    Listening {
+        /// The node's PeerId.
+        peer_id: String,
+        /// Its p2p addresses, each ending in `/p2p/<peer_id>`.
+        p2p: &'a [String],
+        /// The API address.
+        api: std::net::SocketAddr,
+    },
+    /// The node has shut down cleanly.
+    Stopped {
+        /// The best block.
+        best_hash: BlockHash,
+        /// Its height.
+        best_height: Height,
+        /// Transactions in the blocks this node produced in this run.
+        transactions_included: u64,
+    },
+}
+
+fn print_event(event: &NodeEvent<'_>) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string(event)?);
+    Ok(())
 }
 
 /// Feeds what the relay and sync saw peers do into their reputation.
@@ -372,7 +470,102 @@ async fn generate_load(relay: RelayHandle, tps: u32) {
     }
 }
 
-/// Logs the node's state every [`STATUS_INTERVAL`].
+/// Records the propagation delay of every new block and transaction the relay reports from a
+/// peer (see [`crate::metrics`] for what the delay measures). Events are read in batches of up
+/// to [`PROPAGATION_BATCH`]; the receive time is taken when each event is read.
+async fn observe_propagation(
+    mut events: broadcast::Receiver<RelayServiceEvent>,
+    chain: Arc<Blockchain>,
+    metrics: Arc<NodeMetrics>,
+) {
+    loop {
+        let mut batch: Vec<(Item, TimestampMs)> = Vec::new();
+        let mut next = events.recv().await;
+        loop {
+            match next {
+                Ok(RelayServiceEvent::NewBlock {
+                    hash,
+                    from: Some(_),
+                }) => batch.push((Item::Block(hash), TimestampMs::now())),
+                Ok(RelayServiceEvent::NewTransaction { id, from: Some(_) }) => {
+                    batch.push((Item::Tx(id), TimestampMs::now()))
+                }
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::debug!(missed = n, "propagation delays not measured for some items");
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+            if batch.len() >= PROPAGATION_BATCH {
+                break;
+            }
+            next = match events.try_recv() {
+                Ok(event) => Ok(event),
+                Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                    Err(broadcast::error::RecvError::Lagged(n))
+                }
+                Err(broadcast::error::TryRecvError::Closed) => {
+                    Err(broadcast::error::RecvError::Closed)
+                }
+                Err(broadcast::error::TryRecvError::Empty) => break,
+            };
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        let chain = chain.clone();
+        let stamped = tokio::task::spawn_blocking(move || {
+            batch
+                .into_iter()
+                .filter_map(|(item, seen)| Some((item.kind(), seen, item.timestamp(&chain)?)))
+                .collect::<Vec<_>>()
+        })
+        .await;
+        let Ok(stamped) = stamped else {
+            return;
+        };
+        for (kind, seen, stamp) in stamped {
+            let delay = i64::try_from(seen.0).unwrap_or(i64::MAX)
+                - i64::try_from(stamp.0).unwrap_or(i64::MAX);
+            metrics.observe_propagation(kind, delay);
+        }
+    }
+}
+
+/// A new item the relay reported.
+#[derive(Debug, Clone, Copy)]
+enum Item {
+    Block(BlockHash),
+    Tx(TxId),
+}
+
+impl Item {
+    fn kind(self) -> ItemKind {
+        match self {
+            Item::Block(_) => ItemKind::Block,
+            Item::Tx(_) => ItemKind::Tx,
+        }
+    }
+
+    /// The item's own timestamp: the block header's, or the signed transaction's while it is
+    /// still in the mempool (`None` once it left, or if the store cannot be read).
+    fn timestamp(self, chain: &Blockchain) -> Option<TimestampMs> {
+        match self {
+            Item::Block(hash) => chain.header(&hash).ok()?.map(|h| h.timestamp_ms),
+            Item::Tx(id) => chain.mempool_get(&id).map(|tx| tx.timestamp_ms),
+        }
+    }
+}
+
+/// The first 8 hex characters of a hash: enough to tell blocks apart in a log line.
+fn short_hash(hash: &BlockHash) -> String {
+    let mut hex = hash.to_string();
+    hex.truncate(8);
+    hex
+}
+
+/// Logs the node's state every [`STATUS_INTERVAL`]: peers in/out, best block (height and short
+/// hash), sync state and target, network state, and bytes in/out over every transport.
 async fn status_lines(
     chain: Arc<Blockchain>,
     net: playergold_net::NetworkHandle,
@@ -403,19 +596,33 @@ async fn status_lines(
             .iter()
             .filter(|p| p.direction == playergold_net::Direction::Inbound)
             .count();
+        let (bytes_in, bytes_out) = metrics.transport_bytes();
         tracing::info!(
             peers_in = inbound,
             peers_out = peers.len() - inbound,
+            best_height = tip.height.0,
+            best_hash = %short_hash(&tip.hash),
             sync = %progress.state,
             sync_target = progress.target_height.0,
             network_state = %sync.network_state(),
-            best_height = tip.height.0,
-            best_hash = %tip.hash,
+            bytes_in,
+            bytes_out,
             mempool,
             blocks_produced = metrics.blocks_produced.get(),
             txs_included = metrics.transactions_included.get(),
             uptime_s = started.elapsed().as_secs(),
             "status"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_hashes_are_the_first_eight_hex_chars() {
+        let hash: BlockHash = "ab".repeat(32).parse().expect("64 hex chars");
+        assert_eq!(short_hash(&hash), "abababab");
     }
 }

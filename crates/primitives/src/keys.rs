@@ -2,6 +2,13 @@
 //!
 //! A [`PublicKey`] can only hold a valid, non-weak (not small-order) curve point: decoding checks
 //! it once, so verification never has to.
+//!
+//! One verification rule for every signature, single or batched: ZIP-215's (ed25519-zebra), the
+//! cofactored equation `[8][s]B = [8]R + [8][k]A` with a canonical `s`. Its batch check accepts
+//! exactly the signatures its single check accepts, so a block verified in one batch and the same
+//! transactions verified one by one in a mempool can never disagree: with RFC 8032's cofactorless
+//! single check and a cofactorless batch (ed25519-dalek's), a signer can craft signatures that
+//! pass one and fail the other, or pass the batch at random, and split the network.
 
 use serde::de::{self, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -39,8 +46,19 @@ pub enum SignatureError {
 }
 
 /// An ed25519 public key that is a valid, non-weak point.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct PublicKey(ed25519_dalek::VerifyingKey);
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct PublicKey {
+    /// The parsed point (parsing and the weak-key check are dalek's).
+    key: ed25519_dalek::VerifyingKey,
+    /// The same key, decompressed once, for ZIP-215 verification.
+    zip215: ed25519_zebra::VerificationKey,
+}
+
+impl std::hash::Hash for PublicKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.key.as_bytes().hash(state);
+    }
+}
 
 impl PublicKey {
     /// Parses and checks 32 bytes.
@@ -50,27 +68,36 @@ impl PublicKey {
         if key.is_weak() {
             return Err(KeyError::WeakKey);
         }
-        Ok(PublicKey(key))
+        Ok(PublicKey::from_dalek(key))
+    }
+
+    fn from_dalek(key: ed25519_dalek::VerifyingKey) -> PublicKey {
+        // Every point dalek decompresses, ZIP-215 decompresses too (it also accepts
+        // non-canonical encodings, a superset).
+        let zip215 = ed25519_zebra::VerificationKey::try_from(key.to_bytes())
+            .unwrap_or_else(|_| unreachable!("a point dalek parsed is a ZIP-215 point"));
+        PublicKey { key, zip215 }
     }
 
     /// The compressed point.
     pub fn to_bytes(&self) -> [u8; 32] {
-        self.0.to_bytes()
+        self.key.to_bytes()
     }
 
     /// The account address owned by this key: the first 20 bytes of blake3(key).
     pub fn address(&self) -> Address {
-        let h = Hash32::digest(self.0.as_bytes());
+        let h = Hash32::digest(self.key.as_bytes());
         let mut a = [0u8; 20];
         a.copy_from_slice(&h.0[..20]);
         Address(a)
     }
 
-    /// Verifies `sig` over `msg` (strict: rejects malleable and small-order signatures).
+    /// Verifies `sig` over `msg` under the ZIP-215 rule (see the module documentation): the
+    /// same rule as [`verify_batch`].
     pub fn verify(&self, msg: &[u8], sig: &Signature) -> Result<(), SignatureError> {
-        let sig = ed25519_dalek::Signature::from_bytes(&sig.0);
-        self.0
-            .verify_strict(msg, &sig)
+        let sig = ed25519_zebra::Signature::from_bytes(&sig.0);
+        self.zip215
+            .verify(&sig, msg)
             .map_err(|_| SignatureError::Invalid)
     }
 
@@ -88,7 +115,7 @@ impl PartialOrd for PublicKey {
 
 impl Ord for PublicKey {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.0.as_bytes().cmp(other.0.as_bytes())
+        self.key.as_bytes().cmp(other.key.as_bytes())
     }
 }
 
@@ -219,7 +246,7 @@ impl Keypair {
     pub fn public(&self) -> PublicKey {
         // A key derived from a secret scalar is never weak (weak points have small order, a
         // clamped secret times the base point has order l).
-        PublicKey(self.0.verifying_key())
+        PublicKey::from_dalek(self.0.verifying_key())
     }
 
     /// Signs `msg`.
@@ -236,7 +263,8 @@ impl fmt::Debug for Keypair {
 }
 
 /// Verifies many `(message, signature, key)` triples at once, about twice as fast per signature
-/// as one by one. All must be valid for `Ok`.
+/// as one by one. All must be valid for `Ok`; it is `Ok` exactly when [`PublicKey::verify`]
+/// accepts every triple (ZIP-215), whatever the random coefficients drawn.
 pub fn verify_batch(
     messages: &[&[u8]],
     signatures: &[Signature],
@@ -249,18 +277,96 @@ pub fn verify_batch(
     if n == 0 {
         return Ok(());
     }
-    let sigs: Vec<ed25519_dalek::Signature> = signatures
-        .iter()
-        .map(|s| ed25519_dalek::Signature::from_bytes(&s.0))
-        .collect();
-    let vks: Vec<ed25519_dalek::VerifyingKey> = keys.iter().map(|k| k.0).collect();
-    ed25519_dalek::verify_batch(messages, &sigs, &vks)
+    if n == 1 {
+        return keys[0]
+            .verify(messages[0], &signatures[0])
+            .map_err(|_| SignatureError::InvalidInBatch(1));
+    }
+    let mut batch = ed25519_zebra::batch::Verifier::new();
+    for ((msg, sig), key) in messages.iter().zip(signatures).zip(keys) {
+        batch.queue((
+            ed25519_zebra::VerificationKeyBytes::from(key.to_bytes()),
+            ed25519_zebra::Signature::from_bytes(&sig.0),
+            msg,
+        ));
+    }
+    // The coefficients must be unpredictable to whoever chose the signatures.
+    batch
+        .verify(rand::thread_rng())
         .map_err(|_| SignatureError::InvalidInBatch(n))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A signature whose `R` carries a small-order component (its signer can always make one):
+    /// RFC 8032's cofactorless check refuses it, the cofactored ZIP-215 check accepts it. What
+    /// matters is that our single and batch checks agree on it, every time (a cofactorless
+    /// batch accepts it at random, with the random coefficients).
+    #[test]
+    fn single_and_batch_checks_agree_on_a_signature_with_a_torsion_component() {
+        use curve25519_dalek::constants::ED25519_BASEPOINT_POINT as B;
+        use curve25519_dalek::edwards::CompressedEdwardsY;
+        use curve25519_dalek::scalar::Scalar;
+        use sha2::{Digest, Sha512};
+
+        let a = Scalar::from(0x1234_5678_9abc_def0_u64);
+        let key = PublicKey::from_bytes(&(a * B).compress().to_bytes()).expect("valid key");
+        // A point of order 4 (y = 0).
+        let t = CompressedEdwardsY([0; 32])
+            .decompress()
+            .expect("on the curve");
+        assert!(t.is_small_order());
+        let msg = b"torsion";
+        let r = Scalar::from(987_654_321_u64);
+        let big_r = (r * B + t).compress();
+        let k = Scalar::from_hash(
+            Sha512::new()
+                .chain_update(big_r.as_bytes())
+                .chain_update(key.to_bytes())
+                .chain_update(msg),
+        );
+        let s = r + k * a;
+        let mut bytes = [0u8; 64];
+        bytes[..32].copy_from_slice(big_r.as_bytes());
+        bytes[32..].copy_from_slice(s.as_bytes());
+        let sig = Signature(bytes);
+
+        let dalek = ed25519_dalek::VerifyingKey::from_bytes(&key.to_bytes()).expect("key");
+        assert!(
+            dalek
+                .verify_strict(msg, &ed25519_dalek::Signature::from_bytes(&bytes))
+                .is_err(),
+            "the cofactorless check refuses it"
+        );
+        assert_eq!(key.verify(msg, &sig), Ok(()), "ZIP-215 accepts it");
+        let other = Keypair::from_secret(&[3; 32]);
+        let other_sig = other.sign(b"plain");
+        for _ in 0..64 {
+            assert_eq!(
+                verify_batch(
+                    &[msg.as_slice(), b"plain"],
+                    &[sig, other_sig],
+                    &[key, other.public()]
+                ),
+                Ok(()),
+                "the batch accepts it too, whatever its coefficients"
+            );
+        }
+        // And a real forgery still fails both.
+        let mut forged = bytes;
+        forged[40] ^= 1;
+        assert!(key.verify(msg, &Signature(forged)).is_err());
+        assert!(
+            verify_batch(
+                &[msg.as_slice(), b"plain"],
+                &[Signature(forged), other_sig],
+                &[key, other.public()]
+            )
+            .is_err()
+        );
+    }
 
     #[test]
     fn sign_verify_and_batch() {

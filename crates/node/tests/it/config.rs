@@ -25,13 +25,15 @@ fn settings_come_from_defaults_then_file_then_environment_then_flags() {
     std::fs::write(
         data.join("config.toml"),
         "max_peers = 11\napi = \"127.0.0.1:9001\"\n\
-         bootstrap = [\"/ip4/10.0.0.1/tcp/7000\", \"/ip4/10.0.0.2/tcp/7000\"]\n",
+         bootstrap = [\"/ip4/10.0.0.1/tcp/7000\", \"/ip4/10.0.0.2/tcp/7000\"]\n\
+         external_addrs = [\"/ip4/203.0.113.7/tcp/7000\", \"/ip4/203.0.113.7/udp/7000/quic-v1\"]\n",
     )
     .expect("write config");
     let file = show(&data, |_| {});
     assert_eq!(file["max_peers"], 11);
     assert_eq!(file["api"], "127.0.0.1:9001");
     assert_eq!(file["bootstrap"].as_array().map(Vec::len), Some(2));
+    assert_eq!(file["external_addrs"].as_array().map(Vec::len), Some(2));
     assert_eq!(
         file["min_peers"], 8,
         "keys missing in the file keep their defaults"
@@ -42,6 +44,13 @@ fn settings_come_from_defaults_then_file_then_environment_then_flags() {
     });
     assert_eq!(env["max_peers"], 22);
     assert_eq!(env["api"], "127.0.0.1:9001");
+    let env_addrs = show(&data, |c| {
+        c.env("PLAYERGOLD_EXTERNAL_ADDRS", "/ip4/203.0.113.8/tcp/7000");
+    });
+    assert_eq!(
+        env_addrs["external_addrs"],
+        serde_json::json!(["/ip4/203.0.113.8/tcp/7000"])
+    );
 
     let flags = show(&data, |c| {
         c.env("PLAYERGOLD_MAX_PEERS", "22")
@@ -52,8 +61,20 @@ fn settings_come_from_defaults_then_file_then_environment_then_flags() {
                 "--no-mdns",
                 "--bootstrap",
                 "/ip4/10.0.0.3/tcp/7000",
+                "--external-addr",
+                "/ip4/203.0.113.9/tcp/7000",
+                "--external-addr",
+                "/dns4/node.example.org/tcp/7000",
             ]);
     });
+    assert_eq!(
+        flags["external_addrs"],
+        serde_json::json!([
+            "/ip4/203.0.113.9/tcp/7000",
+            "/dns4/node.example.org/tcp/7000"
+        ]),
+        "repeated flags replace the file's list"
+    );
     assert_eq!(flags["max_peers"], 33);
     assert_eq!(flags["mdns"], false);
     assert_eq!(

@@ -120,6 +120,54 @@ fn the_devnet_command_runs_connected_nodes_and_the_dashboard_shows_them() {
     assert_eq!(attr_values(&dom, "data-nodes"), vec!["5"], "graph nodes");
     assert_eq!(attr_values(&dom, "data-links"), vec!["10"], "graph links");
     assert!(dom.contains(&format!("id=\"peer-id\">{self_id}<")));
+    // Bandwidth from the transports' byte counters, and the propagation-delay histogram of the
+    // blocks node 0 received from the other validators.
+    let bytes_in: Vec<u64> = attr_values(&dom, "data-in")
+        .iter()
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    assert!(
+        bytes_in.first().is_some_and(|b| *b > 0),
+        "bandwidth in: {bytes_in:?}"
+    );
+    let bars: Vec<(String, u64)> = attr_values(&dom, "data-kind")
+        .into_iter()
+        .zip(
+            attr_values(&dom, "data-count")
+                .iter()
+                .map(|c| c.parse().unwrap_or(0)),
+        )
+        .collect();
+    assert!(
+        bars.iter()
+            .any(|(kind, count)| kind == "block" && *count > 0),
+        "the propagation-delay histogram shows blocks: {bars:?}"
+    );
+    let (code, metrics) = crate::http(
+        nodes[0]["api"].as_str().expect("api"),
+        "GET",
+        "/metrics",
+        None,
+    );
+    assert_eq!(code, 200);
+    let sample = |series: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{series} missing:\n{metrics}"))
+    };
+    assert!(sample("playergold_propagation_delay_seconds_count{kind=\"block\"}") >= 1.0);
+    let blocks_in: f64 = ["compact_block", "block"]
+        .iter()
+        .map(|k| {
+            sample(&format!(
+                "playergold_relay_bytes_total{{direction=\"in\",kind=\"{k}\"}}"
+            ))
+        })
+        .sum();
+    assert!(blocks_in > 0.0, "no block bytes received by relay");
+    assert!(sample("playergold_relay_peers") >= 1.0);
+    crate::api::dashboard_uses_only_exported_metrics(&metrics, true);
 
     let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
     let _ = std::fs::remove_file(&shot);

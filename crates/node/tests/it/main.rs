@@ -1,6 +1,7 @@
 //! End-to-end tests through the real `playergold` binary, on 127.0.0.1 only.
 
 mod api;
+mod cli;
 mod config;
 mod devnet;
 mod single_node;
