@@ -17,6 +17,11 @@ fuzz_target!(|data: &[u8]| {
         RelayMessage::Announce(v) | RelayMessage::Request(v) | RelayMessage::NotFound(v) => {
             assert!(v.len() <= MAX_ITEMS_PER_MESSAGE)
         }
+        RelayMessage::AnnounceTxs(v)
+        | RelayMessage::RequestTxs(v)
+        | RelayMessage::TxsNotFound(v) => {
+            assert!(v.len() <= MAX_ITEMS_PER_MESSAGE)
+        }
         RelayMessage::Transactions(v) => assert!(v.len() <= MAX_ITEMS_PER_MESSAGE),
         RelayMessage::BlockTxns { txs, .. } => assert!(txs.len() <= MAX_BLOCK_TXS),
         RelayMessage::BlockTxnsRequest { indexes, .. } => assert!(indexes.len() <= MAX_BLOCK_TXS),

@@ -143,9 +143,14 @@ impl World {
                         }
                     }
                 }
+                // Short-id announcements go only to peers that sent a salt; these peers send
+                // none, so they get full-id `Announce`s (checked above).
+                RelayMessage::AnnounceTxs(_) => panic!("short ids to a peer without a salt"),
                 RelayMessage::Request(_)
                 | RelayMessage::NotFound(_)
-                | RelayMessage::BlockTxnsRequest { .. } => {}
+                | RelayMessage::BlockTxnsRequest { .. }
+                | RelayMessage::RequestTxs(_)
+                | RelayMessage::TxsNotFound(_) => {}
             }
         }
     }

@@ -223,6 +223,7 @@ impl OursNet {
         backlog: &[Transaction],
         ready_timeout: Duration,
         relay_config: &PropagationConfig,
+        block_min_tx_age: Duration,
     ) -> Result<Self, OursError> {
         let n = overlay.len();
         let validators: Vec<Keypair> = (0..n).map(|i| derived_key(seed, "validator", i)).collect();
@@ -252,7 +253,10 @@ impl OursNet {
                 &dir.path().join(format!("node-{i}.redb")),
                 genesis.clone(),
                 consensus.clone(),
-                ChainConfig::default(),
+                ChainConfig {
+                    block_min_tx_age,
+                    ..ChainConfig::default()
+                },
             )
             .map_err(|e| OursError::Chain {
                 node: i,

@@ -213,6 +213,8 @@ async fn run_ours(
             gossip_factor: opts.tx_fanout,
             ..PropagationConfig::default()
         },
+        // As the node does: a transaction waits half a block interval before a block takes it.
+        opts.block_interval / 2,
     )
     .await?;
     drop(backlog);

@@ -175,6 +175,13 @@ pub enum TxStatus {
 pub struct ChainConfig {
     /// Mempool bounds.
     pub mempool: MempoolConfig,
+    /// How long a transaction must have been in our mempool before [`Blockchain::build_block`]
+    /// includes it (0: at once). Peers rebuild a compact block from their mempools; a
+    /// transaction that arrived here a moment ago is likely still on its way to some of them,
+    /// and each one missing costs that peer a round trip for the block. Half a slot lets a
+    /// transaction cross the network first at the cost of at most half a slot of inclusion
+    /// delay (the node uses that; tests that build at once keep 0).
+    pub block_min_tx_age: std::time::Duration,
 }
 
 struct State {
@@ -267,6 +274,7 @@ pub struct Blockchain {
     consensus: Arc<dyn Consensus>,
     store: ChainStore,
     state: Mutex<State>,
+    block_min_tx_age: std::time::Duration,
 }
 
 impl std::fmt::Debug for Blockchain {
@@ -301,6 +309,7 @@ impl Blockchain {
             genesis,
             consensus,
             store,
+            block_min_tx_age: config.block_min_tx_age,
             state: Mutex::new(State {
                 index,
                 best_chain,
@@ -382,10 +391,12 @@ impl Blockchain {
     pub fn build_block(&self, key: &Keypair, timestamp: TimestampMs, max_txs: usize) -> Block {
         let st = self.state.lock();
         let tip = st.tip();
-        let txs = st.mempool.select(
+        let age = u64::try_from(self.block_min_tx_age.as_millis()).unwrap_or(u64::MAX);
+        let txs = st.mempool.select_arrived_by(
             max_txs.min(MAX_BLOCK_TXS),
             // Leave room for the header within the block byte limit.
             playergold_primitives::MAX_BLOCK_BYTES - playergold_primitives::MAX_HEADER_BYTES,
+            TimestampMs(timestamp.0.saturating_sub(age)),
         );
         Block::build(key, tip.hash, Height(tip.height.0 + 1), timestamp, txs)
     }
@@ -871,7 +882,7 @@ impl ChainBackend for Blockchain {
                 // The single path reports a known id before looking at form or signature.
                 _ if st.mempool.contains(&id) => Err(MempoolError::AlreadyKnown(id)),
                 Err(e) => Err(e),
-                Ok(bytes) => st.mempool.insert_checked(id, tx, bytes).map(|_| id),
+                Ok(bytes) => st.mempool.insert_checked(id, tx, bytes, now).map(|_| id),
             })
             .collect()
     }

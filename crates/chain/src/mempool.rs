@@ -69,6 +69,8 @@ struct Entry {
     tx: Transaction,
     bytes: usize,
     seq: u64,
+    /// When it entered the pool (0 for transactions a reorg put back).
+    arrived: TimestampMs,
 }
 
 type FeeKey = (Amount, Reverse<u64>, TxId);
@@ -131,7 +133,7 @@ impl Mempool {
         if tx.verify().is_err() {
             return Err(MempoolError::BadSignature(id));
         }
-        self.insert_verified(id, tx, bytes)
+        self.insert_verified(id, tx, bytes, now)
     }
 
     /// Inserts a transaction that passed [`check_form`] and whose signature was verified by
@@ -142,11 +144,12 @@ impl Mempool {
         id: TxId,
         tx: Transaction,
         bytes: usize,
+        now: TimestampMs,
     ) -> Result<Vec<TxId>, MempoolError> {
         if self.txs.contains_key(&id) {
             return Err(MempoolError::AlreadyKnown(id));
         }
-        self.insert_verified(id, tx, bytes)
+        self.insert_verified(id, tx, bytes, now)
     }
 
     /// Inserts a transaction whose signature was already checked (returned from a block).
@@ -155,6 +158,7 @@ impl Mempool {
         id: TxId,
         tx: Transaction,
         bytes: usize,
+        arrived: TimestampMs,
     ) -> Result<Vec<TxId>, MempoolError> {
         // Find what must go to make room; refuse if that would evict an equal or higher fee.
         let mut evict = Vec::new();
@@ -179,7 +183,15 @@ impl Mempool {
         self.next_seq += 1;
         self.by_fee.insert((tx.fee, Reverse(seq), id));
         self.bytes += bytes;
-        self.txs.insert(id, Entry { tx, bytes, seq });
+        self.txs.insert(
+            id,
+            Entry {
+                tx,
+                bytes,
+                seq,
+                arrived,
+            },
+        );
         Ok(evict)
     }
 
@@ -201,12 +213,23 @@ impl Mempool {
             }
             let bytes = tx.encoded_len();
             // A full pool keeps its higher-fee txs; the rest are dropped like any eviction.
-            let _ = self.insert_verified(id, tx, bytes);
+            // Arrived long ago, as far as block templates care: they were in a block already.
+            let _ = self.insert_verified(id, tx, bytes, TimestampMs(0));
         }
     }
 
     /// The highest-fee transactions, up to `max_txs` and `max_bytes`, for a block template.
     pub fn select(&self, max_txs: usize, max_bytes: usize) -> Vec<Transaction> {
+        self.select_arrived_by(max_txs, max_bytes, TimestampMs(u64::MAX))
+    }
+
+    /// As [`Mempool::select`], among the transactions that entered the pool at or before `by`.
+    pub fn select_arrived_by(
+        &self,
+        max_txs: usize,
+        max_bytes: usize,
+        by: TimestampMs,
+    ) -> Vec<Transaction> {
         let mut out = Vec::new();
         let mut bytes = 0;
         for (_, _, id) in self.by_fee.iter().rev() {
@@ -214,7 +237,7 @@ impl Mempool {
                 break;
             }
             let e = &self.txs[id];
-            if bytes + e.bytes > max_bytes {
+            if bytes + e.bytes > max_bytes || e.arrived > by {
                 continue;
             }
             bytes += e.bytes;
@@ -291,6 +314,32 @@ mod tests {
             best.iter().map(|t| t.fee.0).collect::<Vec<_>>(),
             vec![50, 19, 18]
         );
+    }
+
+    /// A block template takes only what arrived by the cut-off; what a reorg put back counts as
+    /// old.
+    #[test]
+    fn a_template_takes_only_transactions_that_arrived_by_the_cut_off() {
+        let key = Keypair::from_secret(&[4; 32]);
+        let mut pool = Mempool::new(MempoolConfig {
+            max_txs: 100,
+            max_bytes: 1 << 20,
+        });
+        pool.insert(tx(&key, 0, 30), TimestampMs(1_000))
+            .expect("room");
+        pool.insert(tx(&key, 1, 20), TimestampMs(2_000))
+            .expect("room");
+        pool.reinsert(vec![tx(&key, 2, 10)]);
+        let fees = |txs: Vec<Transaction>| txs.iter().map(|t| t.fee.0).collect::<Vec<_>>();
+        assert_eq!(
+            fees(pool.select_arrived_by(10, usize::MAX, TimestampMs(1_500))),
+            vec![30, 10]
+        );
+        assert_eq!(
+            fees(pool.select_arrived_by(10, usize::MAX, TimestampMs(2_000))),
+            vec![30, 20, 10]
+        );
+        assert_eq!(fees(pool.select(10, usize::MAX)), vec![30, 20, 10]);
     }
 
     #[test]

@@ -31,6 +31,11 @@
 //! - Dial addresses fail into a per-address exponential backoff with jitter; anchors (our last
 //!   outbound peers) are dialled first, then, while the node has no peer at all, the bootstrap
 //!   nodes.
+//! - Partition recovery (the sync service's detector asks for it): [`ConnectionManager::redial`]
+//!   dials the address book up to the target at once, past the backoffs that a split ran up;
+//!   [`ConnectionManager::set_extra_outbound`] opens one outbound slot beyond the target while
+//!   the tip is stale (Bitcoin Core's stale-tip check) and, when it closes, disconnects the
+//!   outbound peer that least recently brought something new.
 
 use std::cmp::Reverse;
 use std::collections::{HashMap, HashSet};
@@ -210,6 +215,9 @@ pub enum DisconnectReason {
     HeartbeatTimeout,
     /// Asked by a local caller.
     Requested,
+    /// The extra outbound slot of the stale-tip check closed: the outbound peer that least
+    /// recently delivered something new leaves.
+    ExtraOutboundClosed,
     /// Belongs to another network.
     WrongNetwork,
     /// Now on a deny list.
@@ -407,6 +415,8 @@ struct PeerState {
 pub struct ConnectionManager {
     local: PeerId,
     min_outbound: usize,
+    /// One outbound slot beyond `min_outbound` is open (the stale-tip check).
+    extra_outbound: bool,
     max_peers: usize,
     outbound_reserve: usize,
     ai_quota: usize,
@@ -460,6 +470,7 @@ impl ConnectionManager {
         Self {
             local,
             min_outbound: config.min_peers,
+            extra_outbound: false,
             max_peers: config.max_peers,
             outbound_reserve: config.outbound_reserve,
             ai_quota: config.ai_quota(),
@@ -1015,7 +1026,64 @@ impl ConnectionManager {
 
     /// Whether the node has fewer outbound peers than its target.
     pub fn below_target(&self) -> bool {
-        self.kept_outbound() < self.min_outbound
+        self.kept_outbound() < self.outbound_target()
+    }
+
+    /// The outbound target: `min_peers`, plus one while the extra slot is open. A node with no
+    /// target (it only dials when told to) gets no extra slot either.
+    fn outbound_target(&self) -> usize {
+        self.min_outbound + usize::from(self.extra_outbound && self.min_outbound > 0)
+    }
+
+    /// Whether the extra outbound slot of the stale-tip check is open.
+    pub fn extra_outbound(&self) -> bool {
+        self.extra_outbound
+    }
+
+    /// Opens or closes one outbound slot beyond the target (Bitcoin Core's stale-tip check: a
+    /// node whose tip went stale tries one more peer, which may know blocks the others do not).
+    /// Opening it makes the next [`ConnectionManager::poll`] dial one more peer. Closing it,
+    /// when that leaves more outbound peers than the target, disconnects the non-persistent
+    /// outbound peer we asked for that least recently delivered a new block or transaction
+    /// (one that never did goes first; ties go to the youngest connection), so a useful
+    /// newcomer stays and a useless one goes.
+    pub fn set_extra_outbound(&mut self, open: bool) -> Vec<Action> {
+        self.extra_outbound = open;
+        if open || self.kept_outbound() <= self.outbound_target() {
+            return Vec::new();
+        }
+        let victim = self
+            .peers
+            .iter()
+            .filter(|(p, s)| {
+                s.direction == Direction::Outbound
+                    && s.requested
+                    && !s.evicting
+                    && !self.persistent.contains(*p)
+            })
+            .min_by_key(|(p, s)| (s.last_useful, Reverse(s.connected_at), **p))
+            .map(|(p, _)| *p);
+        let Some(peer) = victim else {
+            return Vec::new();
+        };
+        if let Some(state) = self.peers.get_mut(&peer) {
+            state.evicting = true;
+        }
+        vec![Action::Disconnect {
+            peer,
+            reason: DisconnectReason::ExtraOutboundClosed,
+        }]
+    }
+
+    /// Dials the address book now, up to the outbound target, past the dial backoffs of peers
+    /// we have held a connection to: the partition detector's recovery. Their addresses failed
+    /// while the network was split and back off for up to `backoff.max`, which would keep the
+    /// sides apart for that long after the split heals. Peers we never reached keep their
+    /// backoff (a redial is no reason to hammer dead addresses), and every failure count is
+    /// kept, so a redial that fails again backs off further. Otherwise like
+    /// [`ConnectionManager::poll`].
+    pub fn redial(&mut self, now: Instant) -> Vec<Action> {
+        self.poll_with(now, true)
     }
 
     /// Number of connected peers with the given direction.
@@ -1034,6 +1102,21 @@ impl ConnectionManager {
     /// closes stale ones, ends probation (see the module documentation) and asks for addresses
     /// or a capability lookup when candidates are short.
     pub fn poll(&mut self, now: Instant) -> Vec<Action> {
+        self.poll_with(now, false)
+    }
+
+    /// The addresses of `peer` to dial now: those whose backoff expired, or, on a redial
+    /// (`past_backoff`) of a peer we have held a connection to, all of them.
+    fn dial_addrs(&self, peer: &PeerId, now: Instant, past_backoff: bool) -> Vec<Multiaddr> {
+        match self.book.get(peer) {
+            Some(r) if past_backoff && r.last_seen.is_some() => {
+                r.addrs.iter().map(|e| e.addr.clone()).collect()
+            }
+            _ => self.book.dialable(peer, now),
+        }
+    }
+
+    fn poll_with(&mut self, now: Instant, past_backoff: bool) -> Vec<Action> {
         self.dialing
             .retain(|_, started| now.saturating_duration_since(*started) < DIAL_TIMEOUT);
         for (peer, state) in &self.peers {
@@ -1048,7 +1131,7 @@ impl ConnectionManager {
             if self.peers.contains_key(&peer) || self.dialing.contains_key(&peer) {
                 continue;
             }
-            let addrs = self.book.dialable(&peer, now);
+            let addrs = self.dial_addrs(&peer, now, past_backoff);
             if !addrs.is_empty() {
                 self.dialing.insert(peer, now);
                 actions.push(Action::Dial { peer, addrs });
@@ -1065,7 +1148,7 @@ impl ConnectionManager {
             .saturating_sub(in_flight)
             .min(self.max_peers.saturating_sub(total + in_flight));
         let want = self
-            .min_outbound
+            .outbound_target()
             .saturating_sub(outbound + in_flight)
             .min(room);
         let ai_connected = self.kept_ai();
@@ -1108,8 +1191,7 @@ impl ConnectionManager {
             })
             .filter_map(|r| {
                 let addrs: Vec<Multiaddr> = self
-                    .book
-                    .dialable(&r.peer, now)
+                    .dial_addrs(&r.peer, now, past_backoff)
                     .into_iter()
                     .filter(|a| ip_of(a).is_none_or(|ip| !self.ip_denied(ip)))
                     .collect();
@@ -1235,7 +1317,7 @@ impl ConnectionManager {
     fn adopt(&mut self, actions: &mut Vec<Action>) {
         let in_flight = self.dialing.len();
         let kept = self.kept_outbound();
-        let mut need = self.min_outbound.saturating_sub(kept + in_flight);
+        let mut need = self.outbound_target().saturating_sub(kept + in_flight);
         let mut room = self.outbound_reserve.saturating_sub(kept + in_flight);
         let mut ai_need = self.ai_quota.saturating_sub(self.kept_ai());
         if (need == 0 && ai_need == 0) || room == 0 {
@@ -2090,5 +2172,232 @@ mod tests {
             AddrSource::Mdns,
         );
         assert!(mgr.book().get(&q).is_some());
+    }
+
+    /// Peers dialled by `actions`.
+    fn dialled(actions: &[Action]) -> Vec<PeerId> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Dial { peer, .. } => Some(*peer),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_redial_dials_known_peers_past_the_backoffs_and_keeps_the_failure_counts() {
+        let cfg = config(3, 10, 4);
+        let mut book = AddressBook::new();
+        let peers: Vec<PeerId> = (0..2).map(|_| PeerId::random()).collect();
+        let addrs: Vec<Multiaddr> = (0..2).map(|i| ip_addr(10, i, 0, 1)).collect();
+        for (p, a) in peers.iter().zip(&addrs) {
+            book.add(*p, [a.clone()], AddrSource::PeerExchange);
+            // Peers we were connected to before the split.
+            book.record_connected(p, Some(a), UnixTime(1));
+        }
+        // And one we never reached.
+        let stranger = PeerId::random();
+        let stranger_addr = ip_addr(10, 99, 0, 1);
+        book.add(stranger, [stranger_addr.clone()], AddrSource::Dht);
+        let mut mgr = ConnectionManager::new(PeerId::random(), &cfg, book);
+        let mut clock = Clock(Instant::now());
+        // A split: every dial fails, five times over, so each address backs off for 16 s.
+        for _ in 0..5 {
+            let now = clock.advance(Duration::from_secs(60));
+            let round = dialled(&mgr.poll(now));
+            assert_eq!(round.len(), 3);
+            for peer in round {
+                let addr = match peers.iter().position(|p| *p == peer) {
+                    Some(i) => &addrs[i],
+                    None => &stranger_addr,
+                };
+                mgr.on_dial_failure(peer, std::slice::from_ref(addr), now);
+            }
+        }
+        // The split heals a second later: the backoffs hold the ordinary poll back...
+        let now = clock.advance(Duration::from_secs(1));
+        assert_eq!(dialled(&mgr.poll(now)), vec![]);
+        // ...the redial does not, for the peers we knew (the stranger keeps its backoff).
+        let mut redial = dialled(&mgr.redial(now));
+        redial.sort();
+        let mut want = peers.clone();
+        want.sort();
+        assert_eq!(redial, want);
+        // No second round: the dials in flight count, and the stranger still backs off.
+        assert_eq!(dialled(&mgr.redial(now)), vec![]);
+        // A redial that fails again backs off further than before (32 s, not 1 s).
+        for peer in &redial {
+            let i = peers.iter().position(|p| p == peer).expect("a book peer");
+            mgr.on_dial_failure(*peer, std::slice::from_ref(&addrs[i]), now);
+        }
+        let record = mgr.book().get(&redial[0]).expect("known");
+        assert_eq!(record.failures.0, 6);
+        let later = clock.advance(Duration::from_secs(20));
+        assert!(
+            !dialled(&mgr.poll(later)).iter().any(|p| redial.contains(p)),
+            "still backing off"
+        );
+    }
+
+    #[test]
+    fn a_redial_at_the_target_dials_nobody() {
+        let cfg = config(1, 10, 4);
+        let mut book = AddressBook::new();
+        let spare = PeerId::random();
+        book.add(spare, [ip_addr(10, 9, 0, 1)], AddrSource::PeerExchange);
+        let mut h = Harness::new(&cfg);
+        h.mgr = ConnectionManager::new(PeerId::random(), &cfg, book);
+        let p = PeerId::random();
+        let now = h.clock.0;
+        h.mgr.on_dial_started(p, now);
+        let c = h.conn();
+        h.mgr.on_established(
+            c,
+            p,
+            Direction::Outbound,
+            &ip_addr(10, 1, 0, 1),
+            now,
+            UnixTime(1),
+        );
+        assert_eq!(dialled(&h.mgr.redial(now)), vec![]);
+    }
+
+    /// A manager with `n` outbound peers we dialled (their ids in connection order) and two
+    /// spare peers in the book.
+    fn at_target(n: usize) -> (Harness, Vec<PeerId>, Vec<PeerId>) {
+        let cfg = config(n, 20, n + 2);
+        let mut book = AddressBook::new();
+        let spares: Vec<PeerId> = (0..2).map(|_| PeerId::random()).collect();
+        for (i, p) in spares.iter().enumerate() {
+            book.add(
+                *p,
+                [ip_addr(10, 200 + i as u8, 0, 1)],
+                AddrSource::PeerExchange,
+            );
+        }
+        let mut h = Harness::new(&cfg);
+        h.mgr = ConnectionManager::new(PeerId::random(), &cfg, book);
+        let mut out = Vec::new();
+        for i in 0..n {
+            let p = PeerId::random();
+            let now = h.clock.advance(Duration::from_secs(1));
+            h.mgr.on_dial_started(p, now);
+            let c = h.conn();
+            h.mgr.on_established(
+                c,
+                p,
+                Direction::Outbound,
+                &ip_addr(10, i as u8, 0, 1),
+                now,
+                UnixTime(1),
+            );
+            out.push(p);
+        }
+        (h, out, spares)
+    }
+
+    #[test]
+    fn the_extra_outbound_slot_dials_one_more_peer_and_closing_it_drops_the_least_useful() {
+        let (mut h, outbound, spares) = at_target(3);
+        let now = h.clock.advance(Duration::from_secs(1));
+        assert_eq!(dialled(&h.mgr.poll(now)), vec![], "at target");
+        assert!(h.mgr.set_extra_outbound(true).is_empty());
+        assert!(h.mgr.extra_outbound());
+        let extra = dialled(&h.mgr.poll(now));
+        assert_eq!(extra.len(), 1, "exactly one more peer");
+        assert!(spares.contains(&extra[0]));
+        let c = h.conn();
+        h.mgr.on_established(
+            c,
+            extra[0],
+            Direction::Outbound,
+            &ip_addr(10, 250, 0, 1),
+            now,
+            UnixTime(1),
+        );
+        assert!(!h.mgr.below_target());
+        assert_eq!(dialled(&h.mgr.poll(now)), vec![], "one extra, not more");
+        // The newcomer brings blocks; of the old peers, the second did most recently, the
+        // first and third longer ago.
+        let t = h.clock.advance(Duration::from_secs(5));
+        h.mgr.mark_useful(outbound[0], t);
+        h.mgr.mark_useful(outbound[2], t);
+        h.mgr
+            .mark_useful(outbound[1], h.clock.advance(Duration::from_secs(1)));
+        h.mgr
+            .mark_useful(extra[0], h.clock.advance(Duration::from_secs(1)));
+        // Closing the slot drops the least recently useful: of the first and the third (same
+        // time), the younger connection.
+        assert_eq!(
+            h.mgr.set_extra_outbound(false),
+            vec![Action::Disconnect {
+                peer: outbound[2],
+                reason: DisconnectReason::ExtraOutboundClosed,
+            }]
+        );
+        assert!(!h.mgr.extra_outbound());
+        h.close_peer(outbound[2]);
+        let now = h.clock.advance(Duration::from_secs(1));
+        assert_eq!(dialled(&h.mgr.poll(now)), vec![], "back at the target");
+    }
+
+    #[test]
+    fn closing_an_unused_extra_slot_disconnects_nobody() {
+        let (mut h, _, _) = at_target(2);
+        assert!(h.mgr.set_extra_outbound(true).is_empty());
+        // The extra dial never connected (the split is still on).
+        let now = h.clock.advance(Duration::from_secs(1));
+        assert_eq!(dialled(&h.mgr.poll(now)).len(), 1);
+        assert!(h.mgr.set_extra_outbound(false).is_empty());
+    }
+
+    #[test]
+    fn no_outbound_target_means_no_extra_slot() {
+        let cfg = config(0, 10, 2);
+        let mut book = AddressBook::new();
+        book.add(
+            PeerId::random(),
+            [ip_addr(10, 1, 0, 1)],
+            AddrSource::PeerExchange,
+        );
+        let mut mgr = ConnectionManager::new(PeerId::random(), &cfg, book);
+        mgr.set_extra_outbound(true);
+        assert_eq!(dialled(&mgr.poll(Instant::now())), vec![]);
+    }
+
+    #[test]
+    fn persistent_peers_never_leave_when_the_extra_slot_closes() {
+        let mut cfg = config(1, 10, 3);
+        let persistent = PeerId::random();
+        cfg.persistent_peers = vec![
+            format!("/ip4/10.7.0.1/udp/1/quic-v1/p2p/{persistent}")
+                .parse()
+                .expect("addr"),
+        ];
+        let mut mgr = ConnectionManager::new(PeerId::random(), &cfg, AddressBook::new());
+        let now = Instant::now();
+        mgr.set_extra_outbound(true);
+        // The persistent peer (never useful) and a useful dialled one.
+        let other = PeerId::random();
+        mgr.on_dial_started(other, now);
+        for (i, p) in [persistent, other].into_iter().enumerate() {
+            mgr.on_established(
+                ConnectionId::new_unchecked(i + 1),
+                p,
+                Direction::Outbound,
+                &ip_addr(10, 7 + i as u8, 0, 1),
+                now,
+                UnixTime(1),
+            );
+        }
+        mgr.mark_useful(other, now);
+        assert_eq!(
+            mgr.set_extra_outbound(false),
+            vec![Action::Disconnect {
+                peer: other,
+                reason: DisconnectReason::ExtraOutboundClosed,
+            }]
+        );
     }
 }

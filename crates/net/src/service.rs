@@ -46,7 +46,7 @@ use crate::peer_exchange::{
     AddrCodec, AddrRequest, AddrResponse, MAX_ADDRS_PER_RESPONSE, MAX_PEERS_PER_RESPONSE,
     peer_exchange_protocol,
 };
-use crate::policy::{ConnectionManager, Direction, PeerInfo, Score};
+use crate::policy::{Action, ConnectionManager, Direction, PeerInfo, Score};
 use crate::protocol::{NetworkName, identify_protocol_version};
 
 /// Commands waiting for the network task. Callers are local subsystems that await each reply,
@@ -247,6 +247,13 @@ enum Command {
     DhtStatus {
         reply: oneshot::Sender<DhtStatus>,
     },
+    Redial {
+        reply: oneshot::Sender<usize>,
+    },
+    SetExtraOutbound {
+        open: bool,
+        reply: oneshot::Sender<()>,
+    },
     Shutdown {
         reply: oneshot::Sender<()>,
     },
@@ -396,6 +403,22 @@ impl NetworkHandle {
     /// Bans (`ban = true`) or unbans an IP address: connections from it are refused.
     pub async fn ban_ip(&self, ip: std::net::IpAddr, ban: bool) -> Result<bool, NetworkError> {
         self.request(|reply| Command::BanIp { ip, ban, reply })
+            .await
+    }
+
+    /// Dials the address book now, up to the outbound target, past the dial backoffs of peers
+    /// we have held a connection to (see [`ConnectionManager::redial`]): partition recovery, so
+    /// that peers that were unreachable during a split are tried again at once. Returns the number of dials started (none at the
+    /// target, or when the book has no candidate).
+    pub async fn redial_address_book(&self) -> Result<usize, NetworkError> {
+        self.request(|reply| Command::Redial { reply }).await
+    }
+
+    /// Opens (`true`) or closes one outbound slot beyond the target: the stale-tip check (see
+    /// [`ConnectionManager::set_extra_outbound`]). Opening dials one more peer at once; closing
+    /// disconnects the least useful outbound peer when there is one too many.
+    pub async fn set_extra_outbound(&self, open: bool) -> Result<(), NetworkError> {
+        self.request(|reply| Command::SetExtraOutbound { open, reply })
             .await
     }
 
@@ -878,6 +901,28 @@ impl Service {
                     },
                 };
                 let _ = reply.send(status);
+            }
+            Command::Redial { reply } => {
+                let gate = &mut self.swarm.behaviour_mut().gate;
+                let actions = gate.manager_mut().redial(Instant::now());
+                let dials = actions
+                    .iter()
+                    .filter(|a| matches!(a, Action::Dial { .. }))
+                    .count();
+                tracing::debug!(dials, "redialling the address book");
+                gate.apply(actions);
+                let _ = reply.send(dials);
+            }
+            Command::SetExtraOutbound { open, reply } => {
+                let gate = &mut self.swarm.behaviour_mut().gate;
+                let mut actions = gate.manager_mut().set_extra_outbound(open);
+                if open {
+                    // Dial the extra peer now rather than at the next maintenance tick.
+                    actions.extend(gate.manager_mut().poll(Instant::now()));
+                }
+                tracing::debug!(open, "extra outbound slot");
+                gate.apply(actions);
+                let _ = reply.send(());
             }
             // Handled in `run`.
             Command::Shutdown { reply } => {

@@ -102,7 +102,12 @@ pub(crate) fn run(args: NodeArgs, json: bool) -> anyhow::Result<()> {
         &args.data_dir.join(CHAIN_FILE),
         genesis.clone(),
         consensus,
-        ChainConfig::default(),
+        ChainConfig {
+            // Peers rebuild our blocks from their mempools: a transaction waits half a slot to
+            // reach them before we include it (see `ChainConfig::block_min_tx_age`).
+            block_min_tx_age: Duration::from_millis(genesis.slot_duration_ms / 2),
+            ..ChainConfig::default()
+        },
     )?);
     let tip = chain.tip();
     if json {

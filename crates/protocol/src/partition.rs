@@ -63,8 +63,11 @@ pub const DIVERGED_DEGRADED_PCT: u32 = 25;
 pub const DIVERGED_PARTITIONED_PCT: u32 = 50;
 /// How long a better state must hold before we move to it.
 pub const HEAL_HOLD: Duration = Duration::from_secs(20);
-/// Least time between two redials of the address book.
-pub const REDIAL_ADDRESS_BOOK_INTERVAL: Duration = Duration::from_secs(30);
+/// Least time between two redials of the address book (while below `min_peers` or not
+/// healthy). A redial dials past the backoffs of peers we were connected to, so this bounds how
+/// long after a split heals the sides find each other again; each one is at most the net
+/// layer's eight concurrent dials to peers we know, so every 10 s costs little.
+pub const REDIAL_ADDRESS_BOOK_INTERVAL: Duration = Duration::from_secs(10);
 /// Least time between two redials of the bootstrap nodes: they serve every node, so they are
 /// asked less often than the address book.
 pub const REDIAL_BOOTSTRAP_INTERVAL: Duration = Duration::from_secs(60);

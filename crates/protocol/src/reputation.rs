@@ -112,9 +112,10 @@ impl Reason {
             Reason::Relay(Offence::InvalidBlockBody | Offence::MalformedReply)
             | Reason::Stalled
             | Reason::AiVerdict(false) => Severity::Medium,
-            Reason::Relay(Offence::Unrequested | Offence::RequestTimeout) | Reason::RateLimited => {
-                Severity::Low
-            }
+            Reason::Relay(
+                Offence::Unrequested | Offence::RequestTimeout | Offence::RequestFlood,
+            )
+            | Reason::RateLimited => Severity::Low,
             Reason::Delivered | Reason::AiSolution(true) => Severity::UsefulDelivery,
             Reason::Answered | Reason::AiVerdict(true) => Severity::Answered,
         }

@@ -149,6 +149,7 @@ async fn start_node(genesis: &Genesis, dir: &std::path::Path) -> Node {
                     max_txs: 10_000_000,
                     max_bytes: 4 * 1024 * 1024 * 1024,
                 },
+                ..ChainConfig::default()
             },
         )
         .expect("open chain"),

@@ -82,6 +82,7 @@ fn parse<T: std::str::FromStr>(flag: &str, value: &str) -> T {
 fn open(path: &Path, genesis: &Genesis) -> Arc<Blockchain> {
     let config = ChainConfig {
         mempool: MempoolConfig::default(),
+        ..ChainConfig::default()
     };
     Arc::new(
         Blockchain::open(

@@ -1,4 +1,5 @@
-//! End-to-end tests through the real `playergold` binary, on 127.0.0.1 only.
+//! End-to-end tests through the real `playergold` binary, on 127.0.0.1, and (`partition`) inside
+//! network namespaces the test creates.
 
 mod api;
 mod cli;

@@ -2,6 +2,10 @@
 
 use std::time::Duration;
 
+/// What a request for one full block counts against [`PropagationConfig::request_rate`]: about
+/// the transactions it carries.
+pub const BLOCK_REQUEST_COST: f64 = 100.0;
+
 /// How an item kind spreads.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Strategy {
@@ -63,6 +67,12 @@ pub struct PropagationConfig {
     pub request_timeout: Duration,
     /// How many other announcers to try after a timeout.
     pub max_retries: u8,
+    /// Items one peer may request from us per second (a transaction or challenge counts 1, a
+    /// `BlockTxnsRequest` position 1, a full block [`BLOCK_REQUEST_COST`]); a request beyond it
+    /// is dropped unanswered and costs the peer a `RequestFlood` penalty.
+    pub request_rate: f64,
+    /// Items a peer may request in one burst above `request_rate`.
+    pub request_burst: f64,
     /// Most bytes queued toward one peer; a peer that lets its queue fill is slow and dropped.
     pub max_peer_queue_bytes: usize,
     /// Validators asked to check each solution.
@@ -88,6 +98,11 @@ impl Default for PropagationConfig {
             max_retries: 3,
             // Four maximum-size blocks: a healthy peer never lags that far behind.
             max_peer_queue_bytes: 4 * playergold_primitives::MAX_BLOCK_BYTES,
+            // A node pulls each transaction once, from one of its ~8 peers: 2,000 items/s from
+            // one peer is a network of several thousand tx/s, far above what a peer asks of us
+            // honestly, and a block's worth of positions fits the burst many times over.
+            request_rate: 2_000.0,
+            request_burst: 4_000.0,
             solution_validators: 3,
             verdict_quorum: 2,
         }

@@ -27,12 +27,13 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
 use super::bounded::{BoundedMap, BoundedSet};
-use super::config::{PropagationConfig, Strategy};
+use super::config::{BLOCK_REQUEST_COST, PropagationConfig, Strategy};
 use super::messages::{
     CLASSES, Class, CompactBlock, InvItem, RelayMessage, ShortId, TxSalt, TxShortId, TxShortIds,
 };
 use crate::ai::{Challenge, ChallengeId, Solution, SolutionId, Verdict};
 use crate::capabilities::Capabilities;
+use crate::rate::RateLimiter;
 
 /// Ids remembered per peer as "known to have". 4,096 × ~40 bytes × 50 peers ≈ 8 MiB at most.
 pub const MAX_KNOWN_PER_PEER: usize = 4_096;
@@ -158,6 +159,8 @@ pub enum Offence {
     Unrequested,
     /// A request we made timed out.
     RequestTimeout,
+    /// Requests beyond the per-peer rate (`PropagationConfig::request_rate`): dropped.
+    RequestFlood,
 }
 
 /// Something the node should know about.
@@ -269,6 +272,8 @@ pub struct RelayMetrics {
     pub retries: u64,
     /// Peers dropped for a full queue.
     pub slow_peers: u64,
+    /// Requests dropped for exceeding the per-peer request rate.
+    pub requests_refused: u64,
 }
 
 #[derive(Debug, Default)]
@@ -390,6 +395,8 @@ pub struct RelayEngine<P: PeerKey> {
     tallies: BoundedMap<SolutionId, Tally>,
     events: VecDeque<RelayEvent<P>>,
     metrics: RelayMetrics,
+    /// Items each peer may request per second (`request_rate`, `request_burst`).
+    request_limit: RateLimiter<P>,
 }
 
 impl<P: PeerKey> RelayEngine<P> {
@@ -397,6 +404,7 @@ impl<P: PeerKey> RelayEngine<P> {
     pub fn new(config: PropagationConfig, seed: u64) -> Self {
         let mut rng = StdRng::seed_from_u64(seed);
         let salt = TxSalt(rng.r#gen());
+        let request_limit = RateLimiter::new(config.request_rate, config.request_burst);
         RelayEngine {
             seen: BoundedSet::new(config.duplicate_cache_size),
             salt,
@@ -417,6 +425,7 @@ impl<P: PeerKey> RelayEngine<P> {
             tallies: BoundedMap::new(MAX_TALLIES),
             events: VecDeque::new(),
             metrics: RelayMetrics::default(),
+            request_limit,
         }
     }
 
@@ -759,6 +768,23 @@ impl<P: PeerKey> RelayEngine<P> {
         host: &mut impl RelayHost,
     ) {
         if !self.peers.contains_key(&peer) {
+            return;
+        }
+        let cost = match &msg {
+            RelayMessage::Request(items) => items
+                .iter()
+                .map(|i| match i {
+                    InvItem::Block(_) => BLOCK_REQUEST_COST,
+                    _ => 1.0,
+                })
+                .sum(),
+            RelayMessage::RequestTxs(ids) => ids.len() as f64,
+            RelayMessage::BlockTxnsRequest { indexes, .. } => indexes.len() as f64,
+            _ => 0.0,
+        };
+        if cost > 0.0 && !self.request_limit.allow(peer, cost, now) {
+            self.metrics.requests_refused += 1;
+            self.penalize(peer, Offence::RequestFlood);
             return;
         }
         match msg {
@@ -2296,6 +2322,55 @@ mod tests {
             .filter(|e| matches!(e, RelayEvent::Penalty { .. }))
             .collect();
         assert!(penalties.is_empty(), "{penalties:?}");
+    }
+
+    /// Requests beyond a peer's rate are dropped unanswered and cost it `RequestFlood`; its
+    /// bucket refills with time, and other peers are not affected.
+    #[test]
+    fn requests_beyond_the_per_peer_rate_are_dropped_and_penalised() {
+        let key = Keypair::from_secret(&[4; 32]);
+        let txs: Vec<Transaction> = (0..30).map(|n| tx(&key, n)).collect();
+        let mut host = Mempool::default();
+        for t in &txs {
+            host.0.insert(t.id(), t.clone());
+        }
+        let config = PropagationConfig {
+            request_rate: 10.0,
+            request_burst: 20.0,
+            ..PropagationConfig::default()
+        };
+        let mut engine: RelayEngine<u8> = RelayEngine::new(config, 1);
+        engine.add_peer(1, Capabilities::NONE);
+        engine.add_peer(2, Capabilities::NONE);
+        let ask = |range: std::ops::Range<usize>| {
+            RelayMessage::Request(txs[range].iter().map(|t| InvItem::Tx(t.id())).collect())
+        };
+        let now = Instant::now();
+        engine.handle_message(now, 1, ask(0..20), &mut host);
+        assert_eq!(sent(&mut engine, 1).len(), 1, "the burst is served");
+        events(&mut engine);
+        engine.handle_message(now, 1, ask(20..21), &mut host);
+        assert!(sent(&mut engine, 1).is_empty(), "one more is dropped");
+        assert_eq!(
+            events(&mut engine),
+            vec![RelayEvent::Penalty {
+                peer: 1,
+                offence: Offence::RequestFlood
+            }]
+        );
+        engine.handle_message(now, 2, ask(0..20), &mut host);
+        assert_eq!(
+            sent(&mut engine, 2).len(),
+            1,
+            "another peer has its own bucket"
+        );
+        engine.handle_message(now + Duration::from_secs(1), 1, ask(20..30), &mut host);
+        assert_eq!(
+            sent(&mut engine, 1),
+            vec![RelayMessage::Transactions(txs[20..30].to_vec())],
+            "ten tokens back after a second"
+        );
+        assert_eq!(engine.metrics().requests_refused, 1);
     }
 
     fn parent_and_child(key: &Keypair, txs: Vec<Transaction>) -> (Block, Block) {

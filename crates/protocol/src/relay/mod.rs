@@ -5,7 +5,7 @@ mod config;
 mod engine;
 mod messages;
 
-pub use config::{Fanout, PropagationConfig, Strategy};
+pub use config::{BLOCK_REQUEST_COST, Fanout, PropagationConfig, Strategy};
 pub use engine::{
     BlockImport, BlockVerdict, HeaderVerdict, KindCounters, MAX_ANNOUNCED_PER_PEER, MAX_ANNOUNCERS,
     MAX_CHALLENGES, MAX_KNOWN_PER_PEER, MAX_PARTIAL_BLOCKS, MAX_PENDING_IMPORTS, MAX_TALLIES,

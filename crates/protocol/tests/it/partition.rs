@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use playergold_primitives::{BlockHash, Height, Work};
 use playergold_protocol::partition::{
     DHT_RANDOM_WALK_INTERVAL, NetworkState, PartitionConfig, PartitionDetector, PartitionEvent,
-    RecoveryAction, TipInfo,
+    REDIAL_ADDRESS_BOOK_INTERVAL, RecoveryAction, TipInfo,
 };
 
 const S: Duration = Duration::from_secs(1);
@@ -152,11 +152,13 @@ fn a_6_4_split_is_detected_on_the_smaller_side_and_heals_without_flapping() {
     );
     let report = s.d.report(s.at(99));
     assert!(report.low_peers && report.peers == 3, "{report:?}");
-    // Recovery from 36 s on, each action at most once per its interval: walks and address-book
-    // redials at 36, 66, 96; bootstrap redials at 36, 96; one extra outbound peer.
+    // Recovery from 36 s on, each action at most once per its interval: walks at 36, 66, 96;
+    // address-book redials every 10 s from 36 to 96; bootstrap redials at 36, 96; one extra
+    // outbound peer.
     assert_eq!(DHT_RANDOM_WALK_INTERVAL, Duration::from_secs(30));
+    assert_eq!(REDIAL_ADDRESS_BOOK_INTERVAL, Duration::from_secs(10));
     assert_eq!(s.count(RecoveryAction::DhtRandomWalk, 0, 100), 3);
-    assert_eq!(s.count(RecoveryAction::RedialAddressBook, 0, 100), 3);
+    assert_eq!(s.count(RecoveryAction::RedialAddressBook, 0, 100), 7);
     assert_eq!(s.count(RecoveryAction::RedialBootstrap, 0, 100), 2);
     assert_eq!(s.count(RecoveryAction::AddExtraOutboundPeer, 0, 100), 1);
 

@@ -5,12 +5,14 @@ use std::time::Duration;
 use futures::future::join_all;
 use playergold_chain::ChainBackend;
 use playergold_net::framing::write_frame;
+use playergold_primitives::codec;
 use playergold_protocol::Capabilities;
 use playergold_protocol::relay::{Fanout, InvItem, Offence, PropagationConfig, RelayMessage};
 use playergold_protocol::reputation::Reason;
 use playergold_services::RelayServiceEvent;
 use playergold_services::relay::{MAX_FRAME_SIZE, RelayHello};
 
+use crate::fullnode::{RssPeak, alone, rss_bytes, runtime};
 use crate::support::{
     Devnet, RawPeer, RelayNode, forged_tx, init_tracing, recv, send, spawn_nodes, tx, wire,
 };
@@ -146,8 +148,18 @@ async fn a_lost_announcement_is_recovered_from_another_announcer() {
     withholder.net.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_peer_that_never_reads_is_dropped_with_its_queue_bounded() {
+/// The most the process may grow while a peer that never reads asks for far more than that.
+const RSS_BOUND: u64 = 64 * 1024 * 1024;
+
+/// Runs in its own process, so the resident set size is this test's alone.
+#[test]
+fn a_peer_that_never_reads_is_dropped_with_its_queue_and_memory_bounded() {
+    if alone("hostile::a_peer_that_never_reads_is_dropped_with_its_queue_and_memory_bounded") {
+        runtime().block_on(never_reading_peer());
+    }
+}
+
+async fn never_reading_peer() {
     init_tracing();
     let devnet = Devnet::new();
     let limit = 2 * 1024 * 1024;
@@ -176,22 +188,38 @@ async fn a_peer_that_never_reads_is_dropped_with_its_queue_bounded() {
     // Keep A's stream to us open, and never read it.
     let (mut to_a, _never_read) = sink.connect(&a).await;
     a.wait_relay_peers(2, SETUP).await;
-    // Ask for ~60 copies: far beyond the transport's windows (~10 MB) plus A's queue bound.
-    let asks = 60;
+    // Ask for four times the memory bound in copies: far beyond the transport's windows
+    // (~10 MB) plus A's queue bound. Requests after A drops the sink fail to go out: the rest
+    // of the asks are not sent.
+    let asks = (4 * RSS_BOUND as usize).div_ceil(block_bytes);
     assert!(asks * block_bytes > 10_000_000 + 2 * limit);
     let sink_id = sink.peer_id();
+    let rss_before = rss_bytes();
+    let peak = RssPeak::start();
+    let ask = codec::encode(&RelayMessage::Request(vec![InvItem::Block(hash)]));
+    let mut asked = 0;
     for _ in 0..asks {
-        send(
-            &mut to_a,
-            &RelayMessage::Request(vec![InvItem::Block(hash)]),
-        )
-        .await;
+        if write_frame(&mut to_a, &ask, MAX_FRAME_SIZE).await.is_err() {
+            break;
+        }
+        asked += 1;
     }
     a.wait_event(Duration::from_secs(30), "the sink dropped as slow", |e| {
         *e == RelayServiceEvent::SlowPeer { peer: sink_id }
     })
     .await;
     sink.wait_disconnected(a.peer_id(), WAIT).await;
+    let peak = peak.finish().await;
+    let grown = peak.saturating_sub(rss_before);
+    eprintln!(
+        "never-reading peer: {asked} asks for {} bytes; RSS {rss_before} -> peak {peak} (+{grown})",
+        asked * block_bytes
+    );
+    assert!(
+        asked as u64 * block_bytes as u64 > 2 * RSS_BOUND,
+        "far more than the bound was asked for before the drop: {asked} asks"
+    );
+    assert!(grown < RSS_BOUND, "the process grew by {grown} bytes");
 
     let m = a.relay.metrics().await.expect("metrics");
     assert_eq!(m.engine.slow_peers, 1);
