@@ -17,7 +17,8 @@
 //!     ├── inbound: acceptor (≤ MAX_INBOUND_PER_PEER, ≤ MAX_INBOUND_TOTAL streams) ─► reader:
 //!     │      1 frame (≤ MAX_REQUEST_FRAME) ─► owner: SyncServer::serve ─► reply frame ─► close
 //!     ├── PartitionDetector: peers, tips, local tip, syncing ─► RecoveryAction ─► redial
-//!     │      bootstrap (connect), DHT random walk (closest_peers); state changes logged
+//!     │      bootstrap (connect), redial the address book (redial_address_book), DHT random
+//!     │      walk (closest_peers), extra outbound slot (set_extra_outbound); state changes logged
 //!     └─► watch: SyncStatus (progress, network state)   broadcast: SyncEvent
 //! ```
 //!
@@ -31,9 +32,8 @@
 //! The owning task calls the chain synchronously (header signature checks, block reads), so like
 //! the relay it runs on a blocking-pool thread and never stalls the runtime's workers.
 //!
-//! Recovery actions the network handle has no call for (`RedialAddressBook`,
-//! `AddExtraOutboundPeer`, `RemoveExtraOutboundPeer`: the connection manager keeps its outbound
-//! target by itself) are published as [`SyncEvent::Recovery`] with `carried_out: false`.
+//! Every recovery action is published as [`SyncEvent::Recovery`]; `carried_out` is `false` only
+//! for `RedialBootstrap` on a node without bootstrap nodes.
 
 mod host;
 mod io;
@@ -230,7 +230,7 @@ pub enum SyncEvent {
     Recovery {
         /// What.
         action: RecoveryAction,
-        /// Whether this service could start it (the network handle has no call for some).
+        /// Whether this service could start it (not `RedialBootstrap` without bootstrap nodes).
         carried_out: bool,
     },
 }

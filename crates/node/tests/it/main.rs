@@ -5,6 +5,7 @@ mod api;
 mod cli;
 mod config;
 mod devnet;
+mod partition;
 mod single_node;
 
 use std::io::{BufRead, BufReader, Read, Write};

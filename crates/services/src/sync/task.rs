@@ -727,8 +727,26 @@ impl Owner {
 
     /// Runs the detector: recovery actions due, state changes.
     fn partition(&mut self, now: Instant) {
+        // Opening and closing the extra outbound slot go to the network in the order the
+        // detector asked (a rotation closes the slot, then opens it again), from one task.
+        let mut extra = Vec::new();
         while let Some(action) = self.detector.poll_action(now) {
+            match action {
+                RecoveryAction::AddExtraOutboundPeer => extra.push(true),
+                RecoveryAction::RemoveExtraOutboundPeer => extra.push(false),
+                _ => {}
+            }
             self.recover(action);
+        }
+        if !extra.is_empty() {
+            let network = self.network.clone();
+            self.tasks.spawn(async move {
+                for open in extra {
+                    if let Err(e) = network.set_extra_outbound(open).await {
+                        tracing::debug!(open, error = %e, "extra outbound slot not changed");
+                    }
+                }
+            });
         }
         while let Some(PartitionEvent::StateChanged { from, to, report }) =
             self.detector.poll_event()
@@ -757,7 +775,7 @@ impl Owner {
         }
     }
 
-    /// Carries out a recovery action as far as the network handle allows.
+    /// Starts a recovery action (the extra outbound slot is changed by the caller, in order).
     fn recover(&mut self, action: RecoveryAction) {
         let carried_out = match action {
             RecoveryAction::RedialBootstrap if !self.bootstrap.is_empty() => {
@@ -788,12 +806,19 @@ impl Owner {
                 });
                 true
             }
-            // No bootstrap nodes configured, or no call on the network handle for it (the
-            // connection manager keeps the outbound target from the address book by itself).
-            RecoveryAction::RedialBootstrap
-            | RecoveryAction::RedialAddressBook
-            | RecoveryAction::AddExtraOutboundPeer
-            | RecoveryAction::RemoveExtraOutboundPeer => false,
+            RecoveryAction::RedialAddressBook => {
+                let network = self.network.clone();
+                self.tasks.spawn(async move {
+                    match network.redial_address_book().await {
+                        Ok(dials) => tracing::debug!(dials, "address book redialled"),
+                        Err(e) => tracing::debug!(error = %e, "address book redial failed"),
+                    }
+                });
+                true
+            }
+            RecoveryAction::AddExtraOutboundPeer | RecoveryAction::RemoveExtraOutboundPeer => true,
+            // No bootstrap nodes configured.
+            RecoveryAction::RedialBootstrap => false,
         };
         tracing::debug!(?action, carried_out, "partition recovery");
         self.emit(SyncEvent::Recovery {

@@ -17,7 +17,9 @@ use crate::support::{
     Devnet, RawPeer, RelayNode, forged_tx, init_tracing, recv, send, spawn_nodes, tx, wire,
 };
 
-const SETUP: Duration = Duration::from_secs(20);
+/// Generous: it only bounds a wait that ends as soon as the streams are up (a loaded CI machine
+/// has taken over 20 s).
+const SETUP: Duration = Duration::from_secs(40);
 const WAIT: Duration = Duration::from_secs(15);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,11 +1,13 @@
 //! Sync over real TLS nodes on 127.0.0.0/8, each with its own chain on one devnet genesis whose
-//! validator keys the test holds: a late joiner, an incremental catch-up, a restart mid-sync,
+//! validator keys the test holds: a late joiner, an incremental catch-up, a restart mid-sync
+//! (after a clean stop, and after a SIGKILL of a node in its own process), equal-work forks,
 //! and a 6/4 partition that heals. Every wait is on events (the sync status watch, network
-//! events) with a deadline.
+//! events, the killed process's reports) with a deadline, except the wait for the status
+//! handshakes, which reads counters that change without an event.
 //!
 //! Node indexes (loopback addresses): 100-105 late joiner, 110-112 incremental, 120-124
-//! restart, 130-139 partition, 140-141 orphan trigger, 142-143 another genesis, 144-147
-//! stalling peer.
+//! restart, 125-129 kill and restart, 130-139 partition, 140-141 orphan trigger, 142-143 another genesis, 144-147
+//! stalling peer, 150-153 equal-work forks.
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
@@ -19,7 +21,7 @@ use playergold_net::testnet::{TEST_NETWORK, TestNode, node_ip, test_config};
 use playergold_primitives::codec;
 use playergold_primitives::{Block, BlockHash, Genesis, Height, Keypair, TimestampMs, Transaction};
 use playergold_protocol::Capabilities;
-use playergold_protocol::partition::{NetworkState, PartitionConfig};
+use playergold_protocol::partition::{NetworkState, PartitionConfig, RecoveryAction};
 use playergold_protocol::relay::PropagationConfig;
 use playergold_protocol::reputation::Reason;
 use playergold_protocol::sync::{SyncConfig, SyncRequest, SyncResponse, SyncServeHost, SyncState};
@@ -42,6 +44,8 @@ const GENESIS_MS: u64 = 1_600_000_000_000;
 const LINE_LEN: usize = 5_000;
 /// Setup deadlines (connections, handshakes) on a loaded 2-core machine.
 const SETUP: Duration = Duration::from_secs(30);
+/// How often [`SyncNode::wait_handshakes`] reads the sync counters.
+const HANDSHAKE_POLL: Duration = Duration::from_millis(20);
 /// Deadline of a catch-up of `LINE_LEN` blocks.
 const CATCH_UP: Duration = Duration::from_secs(90);
 
@@ -76,9 +80,14 @@ impl Net {
     }
 
     fn open_chain(&self, name: &str) -> Arc<Blockchain> {
+        self.open_chain_at(&self.path(name))
+    }
+
+    /// This network's chain in the database at `path`.
+    fn open_chain_at(&self, path: &std::path::Path) -> Arc<Blockchain> {
         Arc::new(
             Blockchain::open(
-                &self.path(name),
+                path,
                 self.genesis.clone(),
                 Arc::new(ProofOfAuthority::from_genesis(&self.genesis)),
                 ChainConfig::default(),
@@ -258,6 +267,50 @@ impl SyncNode {
                     panic!("sync stopped while waiting for {what}")
                 }
             }
+        }
+    }
+
+    /// Collects sync events until one matches `pred`; returns them all, that one last.
+    async fn events_until(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        mut pred: impl FnMut(&SyncEvent) -> bool,
+    ) -> Vec<SyncEvent> {
+        let mut seen = Vec::new();
+        let deadline = Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Err(_) => panic!("timed out after {timeout:?} waiting for {what}: {seen:?}"),
+                Ok(Ok(event)) => {
+                    let found = pred(&event);
+                    seen.push(event);
+                    if found {
+                        return seen;
+                    }
+                }
+                Ok(Err(broadcast::error::RecvError::Lagged(_))) => {}
+                Ok(Err(broadcast::error::RecvError::Closed)) => {
+                    panic!("sync stopped while waiting for {what}")
+                }
+            }
+        }
+    }
+
+    /// Waits until this node's sync has sent its status handshake to `n` peers and answered
+    /// theirs: from then on every status it hands those peers is the one it had here. Counters
+    /// change without an event, so they are read every `HANDSHAKE_POLL`.
+    async fn wait_handshakes(&self, n: u64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let m = self.sync.metrics().await.expect("sync runs");
+            if m.requests_sent >= n && m.inbound_requests >= n {
+                return;
+            }
+            if Instant::now() >= deadline {
+                panic!("timed out after {timeout:?} waiting for {n} sync handshakes: {m:?}");
+            }
+            tokio::time::sleep(HANDSHAKE_POLL).await;
         }
     }
 
@@ -509,6 +562,137 @@ async fn a_node_stopped_mid_sync_resumes_from_what_it_stored() {
     join_all(holders.into_iter().map(SyncNode::stop)).await;
 }
 
+/// Set (to `<chain path>|<addr>,<addr>,...`) when this binary runs as the syncing process of
+/// [`a_node_killed_mid_sync_resumes_from_what_it_stored`].
+const KILL_CHILD_ENV: &str = "PLAYERGOLD_SYNC_KILL_CHILD";
+/// Prefix of the child's height reports on stdout.
+const KILL_CHILD_REPORT: &str = "PGSYNC height ";
+
+/// The child's role: syncs the chain at the path from the holders, printing its height after
+/// every import, until it is killed.
+async fn run_kill_child(spec: &str) {
+    let (path, addrs) = spec.split_once('|').expect("<path>|<addrs>");
+    let net = Net::new(3);
+    let chain = net.open_chain_at(std::path::Path::new(path));
+    // Its temporary directory goes now: a killed process removes nothing.
+    drop(net);
+    let mut node = SyncNode::spawn(125, chain, SyncServiceConfig::default(), false).await;
+    for addr in addrs.split(',') {
+        node.net
+            .handle
+            .connect(addr.parse().expect("holder address"))
+            .await
+            .expect("connect");
+    }
+    loop {
+        let height = node.status.borrow_and_update().progress.height.0;
+        println!("{KILL_CHILD_REPORT}{height}");
+        if node.status.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A node killed (SIGKILL, in its own process) in the middle of a catch-up keeps what it
+/// committed; restarted on the same database it fetches only the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_mid_sync_resumes_from_what_it_stored() {
+    if let Ok(spec) = std::env::var(KILL_CHILD_ENV) {
+        run_kill_child(&spec).await;
+        return;
+    }
+    init_tracing();
+    let net = Net::new(3);
+    let blocks = line();
+    let tip = blocks[LINE_LEN - 1].hash();
+    let mut holders = Vec::new();
+    for i in 0..3u8 {
+        let chain = net.chain_with(&format!("holder{i}"), blocks);
+        holders.push(SyncNode::spawn(126 + i, chain, SyncServiceConfig::default(), false).await);
+    }
+    let path = net.path("killed");
+    let addrs: Vec<String> = holders
+        .iter()
+        .map(|h| h.net.dial_addr().to_string())
+        .collect();
+    let module = module_path!().split_once("::").map_or("", |(_, m)| m);
+    let name = format!("{module}::a_node_killed_mid_sync_resumes_from_what_it_stored");
+    let mut child = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args([&name, "--exact", "--nocapture", "--test-threads", "1"])
+        .env(
+            KILL_CHILD_ENV,
+            format!("{}|{}", path.display(), addrs.join(",")),
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("the syncing process starts");
+    let stdout = child.stdout.take().expect("piped stdout");
+    // Kills the child at its first report of 500 blocks or more (or on a deadline or its exit),
+    // and says whether that report came.
+    let killed_mid_sync = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        let (tx, rx) = std::sync::mpsc::channel::<u64>();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                // libtest may print `test <name> ... ` on the same line first.
+                let height = line
+                    .find(KILL_CHILD_REPORT)
+                    .and_then(|at| line[at + KILL_CHILD_REPORT.len()..].trim().parse().ok());
+                if let Some(height) = height
+                    && tx.send(height).is_err()
+                {
+                    return;
+                }
+            }
+        });
+        let deadline = std::time::Instant::now() + CATCH_UP;
+        let mut reached = false;
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            match rx.recv_timeout(left) {
+                Ok(height) if height >= 500 => {
+                    reached = true;
+                    break;
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        // SIGKILL: no shutdown, no flush beyond what the store committed.
+        let _ = child.kill();
+        let _ = child.wait();
+        reached
+    })
+    .await
+    .expect("the watcher ends");
+    assert!(killed_mid_sync, "the child never reported 500 blocks");
+
+    let chain = net.open_chain_at(&path);
+    let stored = chain.tip().height.0;
+    assert!(
+        (500..LINE_LEN as u64).contains(&stored),
+        "killed mid-sync at {stored}"
+    );
+    assert_eq!(chain.tip().hash, blocks[stored as usize - 1].hash());
+    let mut node = SyncNode::spawn(129, chain, SyncServiceConfig::default(), false).await;
+    for holder in &holders {
+        node.connect(holder).await;
+    }
+    node.wait_tip(tip, CATCH_UP).await;
+    let metrics = node.sync.metrics().await.expect("metrics");
+    assert_eq!(
+        metrics.scheduler.blocks_received,
+        LINE_LEN as u64 - stored,
+        "only the missing blocks were fetched"
+    );
+    assert_eq!(penalties(&node.drain_events()), vec![]);
+    holders.push(node);
+    join_all(holders.into_iter().map(SyncNode::stop)).await;
+}
+
 /// The test's block production: `producer` builds on its own tip in the first slot of its
 /// validator after `after`, and pushes the block through its relay.
 async fn produce(net: &Net, node: &SyncNode, producer: usize, txs: Vec<Transaction>) -> Block {
@@ -597,6 +781,13 @@ async fn a_partition_heals_onto_the_heavier_side() {
         last = Some(block);
     }
     let fork_point = last.expect("a common prefix").header.height;
+    for (i, node) in nodes.iter_mut().enumerate() {
+        assert_eq!(
+            penalties(&node.drain_events()),
+            vec![],
+            "node {i} before the split"
+        );
+    }
 
     // Split: drop every link between the groups. Nobody redials (no outbound target, no DHT, no
     // bootstrap nodes), so the test alone controls the links.
@@ -646,6 +837,45 @@ async fn a_partition_heals_onto_the_heavier_side() {
             .await;
         let report = nodes[b].sync.network_report().await.expect("report");
         assert!(report.low_peers, "{report:?}");
+        // The change was published with its signals, and recovery started: the address book
+        // is redialled through the network handle (nothing to dial here: no outbound target),
+        // at once or within its interval.
+        let (mut changed, mut redialled) = (false, false);
+        let events = nodes[b]
+            .events_until(SETUP, "the state change and a redial", |e| {
+                match e {
+                    SyncEvent::NetworkStateChanged { .. } => changed = true,
+                    SyncEvent::Recovery {
+                        action: RecoveryAction::RedialAddressBook,
+                        ..
+                    } => redialled = true,
+                    _ => {}
+                }
+                changed && redialled
+            })
+            .await;
+        assert!(
+            events.iter().any(|e| matches!(
+                e,
+                SyncEvent::NetworkStateChanged {
+                    from: NetworkState::Healthy,
+                    to: NetworkState::Degraded | NetworkState::Partitioned,
+                    report,
+                } if report.low_peers && report.peers == minority.len() - 1
+            )),
+            "node {b}: {events:?}"
+        );
+        assert!(
+            events.iter().any(|e| matches!(
+                e,
+                SyncEvent::Recovery {
+                    action: RecoveryAction::RedialAddressBook,
+                    carried_out: true,
+                }
+            )),
+            "node {b}: {events:?}"
+        );
+        assert_eq!(penalties(&events), vec![], "node {b}");
     }
     for &a in &majority {
         assert_eq!(nodes[a].sync.network_state(), NetworkState::Healthy);
@@ -693,6 +923,70 @@ async fn a_partition_heals_onto_the_heavier_side() {
     join_all(nodes.into_iter().map(SyncNode::stop)).await;
 }
 
+/// Four nodes, two on each of two branches of equal work (same length from a common block):
+/// once connected every node ends on the same tip, the one the chain's fork choice prefers
+/// (here: the earlier timestamp), and nobody is penalised.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn equal_work_forks_end_on_the_same_tip_everywhere() {
+    init_tracing();
+    let net = Net::new(3);
+    let prefix = &line()[..20];
+    let base = prefix.last().expect("a common prefix");
+    // Branch A: validators 0 and 1 in the next slots. Branch B: the same number of blocks by
+    // validator 2, later in time.
+    let mut a = prefix.to_vec();
+    let mut b = prefix.to_vec();
+    let mut slot = slot_of(base);
+    for _ in 0..3 {
+        slot = net.next_slot(slot, &[0, 1]);
+        let block = net.block_at(a.last().expect("parent"), slot, Vec::new());
+        a.push(block);
+    }
+    let mut slot_b = slot_of(base);
+    for _ in 0..3 {
+        slot_b = net.next_slot(slot_b, &[2]);
+        let block = net.block_at(b.last().expect("parent"), slot_b, Vec::new());
+        b.push(block);
+    }
+    let (tip_a, tip_b) = (a.last().expect("tip").hash(), b.last().expect("tip").hash());
+    // What fork choice says, asked of a chain that holds both branches.
+    let judge = net.chain_with("judge", &a);
+    let batch = judge.import_blocks(b[prefix.len()..].to_vec(), TimestampMs::now());
+    assert!(batch.error.is_none(), "{:?}", batch.error);
+    let winner = judge.tip().hash;
+    assert_eq!(winner, tip_a, "the earlier branch wins the tie");
+    let (ka, kb) = (
+        judge.fork_key(&tip_a).expect("known"),
+        judge.fork_key(&tip_b).expect("known"),
+    );
+    assert_eq!(ka.work, kb.work, "equal work");
+    drop(judge);
+
+    let mut nodes = Vec::new();
+    for i in 0..4u8 {
+        let blocks = if i < 2 { &a } else { &b };
+        let chain = net.chain_with(&format!("fork{i}"), blocks);
+        nodes.push(SyncNode::spawn(150 + i, chain, SyncServiceConfig::default(), false).await);
+    }
+    // Each B node meets both A nodes; the pairs on one branch are connected too.
+    for (i, j) in [(0, 1), (2, 3), (0, 2), (0, 3), (1, 2), (1, 3)] {
+        nodes[i].connect(&nodes[j]).await;
+    }
+    for node in &mut nodes {
+        node.wait_tip(winner, SETUP).await;
+    }
+    for (i, node) in nodes.iter_mut().enumerate() {
+        assert_eq!(penalties(&node.drain_events()), vec![], "node {i}");
+        if i >= 2 {
+            assert!(
+                node.chain.block(&tip_a).expect("store").is_some(),
+                "node {i} fetched the other branch"
+            );
+        }
+    }
+    join_all(nodes.into_iter().map(SyncNode::stop)).await;
+}
+
 /// A relayed block whose parent we lack makes sync fetch its ancestors from the relaying peer,
 /// long before any periodic status poll.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -712,8 +1006,13 @@ async fn a_relayed_orphan_makes_sync_fetch_its_ancestors() {
     behind.connect(&ahead).await;
     ahead.wait_relay_peers(1, SETUP).await;
     behind.wait_relay_peers(1, SETUP).await;
-    // Both at genesis after the handshake. Twenty blocks reach `ahead` behind the relay's back,
-    // then it relays the twenty-first: `behind` cannot connect it.
+    // Both at genesis after the handshake: a status `ahead` hands out after the import below
+    // would be a lead of its own (height 20), and the scheduler keeps such a lead over an
+    // orphan of unknown work, so `behind` would stop at 20 and never ask for the orphan.
+    ahead.wait_handshakes(1, SETUP).await;
+    behind.wait_handshakes(1, SETUP).await;
+    // Twenty blocks reach `ahead` behind the relay's back, then it relays the twenty-first:
+    // `behind` cannot connect it.
     let batch = ahead
         .chain
         .import_blocks(blocks[..20].to_vec(), TimestampMs::now());
@@ -723,16 +1022,31 @@ async fn a_relayed_orphan_makes_sync_fetch_its_ancestors() {
         .propagate_block(blocks[20].clone())
         .await
         .expect("imports");
-    behind.wait_tip(blocks[20].hash(), SETUP).await;
+    // The import's event, not the tip: the tip moves inside the import, before sync counts it.
+    let tip = blocks[20].hash();
+    let mut events = behind
+        .events_until(
+            SETUP,
+            "the import of the relayed block",
+            |e| matches!(e, SyncEvent::Imported { hash, .. } if *hash == tip),
+        )
+        .await;
+    assert_eq!(behind.chain.tip().hash, tip);
     let metrics = behind.sync.metrics().await.expect("metrics");
     assert!(metrics.blocks_imported >= 20, "{metrics:?}");
-    assert_eq!(penalties(&behind.drain_events()), vec![]);
+    events.extend(behind.drain_events());
+    assert_eq!(penalties(&events), vec![]);
     assert_eq!(behind.relay_offences(), vec![]);
     join_all([ahead.stop(), behind.stop()]).await;
 }
 
 /// A peer on another genesis (same network name) is disconnected at the handshake, without a
 /// penalty: it is on another network, not malicious.
+///
+/// Each node is on another genesis as the other sees it, and both handshake at once: whichever
+/// sees the other's status first closes the connection, and the other then only sees the peer
+/// leave (its own handshake fails with the connection), so it reports no disconnect of its own.
+/// The test waits for the first disconnect from either side.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_on_another_genesis_is_disconnected_without_penalty() {
     init_tracing();
@@ -743,23 +1057,33 @@ async fn a_peer_on_another_genesis_is_disconnected_without_penalty() {
     let mut node = SyncNode::spawn(142, ours.open_chain("ours"), config.clone(), false).await;
     let mut stranger = SyncNode::spawn(143, theirs.open_chain("theirs"), config, false).await;
     stranger.connect(&node).await;
-    let stranger_id = stranger.peer_id();
-    let event = node
-        .wait_event(SETUP, "the disconnect", |e| {
-            matches!(e, SyncEvent::Disconnected { .. })
-        })
-        .await;
+    let (node_id, stranger_id) = (node.peer_id(), stranger.peer_id());
+    let is_disconnect = |e: &SyncEvent| matches!(e, SyncEvent::Disconnected { .. });
+    let (closer, event) = tokio::select! {
+        e = node.wait_event(SETUP, "a disconnect by our node", is_disconnect) => (node_id, e),
+        e = stranger.wait_event(SETUP, "a disconnect by the stranger", is_disconnect) => {
+            (stranger_id, e)
+        }
+    };
+    let other = if closer == node_id {
+        stranger_id
+    } else {
+        node_id
+    };
     assert_eq!(
         event,
         SyncEvent::Disconnected {
-            peer: stranger_id,
+            peer: other,
             penalized: false
-        }
+        },
+        "reported by {closer}"
     );
-    node.net
-        .wait_peers(SETUP, |peers| peers.is_empty())
-        .await
-        .expect("disconnected");
+    for side in [&node, &stranger] {
+        side.net
+            .wait_peers(SETUP, |peers| peers.is_empty())
+            .await
+            .expect("disconnected");
+    }
     assert_eq!(penalties(&node.drain_events()), vec![]);
     assert_eq!(penalties(&stranger.drain_events()), vec![]);
     join_all([node.stop(), stranger.stop()]).await;
