@@ -1643,7 +1643,7 @@ mod tests {
         let config = SyncConfig {
             max_stall_timeout: Duration::from_secs(8),
             max_stalls: 100,
-            ..SyncConfig::default()
+            ..sixteen_per_request()
         };
         let mut now = Instant::now();
         let (mut s, reqs) = after_headers(config, &line, now);
@@ -1677,6 +1677,14 @@ mod tests {
         assert!(!ready.is_empty());
         let newest = s.in_flight.values().next_back().expect("in flight");
         assert_eq!(newest.deadline, now + Duration::from_secs(2));
+    }
+
+    /// Requests of 16 blocks: the tests below count requests over short chains.
+    fn sixteen_per_request() -> SyncConfig {
+        SyncConfig {
+            blocks_per_request: 16,
+            ..SyncConfig::default()
+        }
     }
 
     /// The requests in flight, rebuilt as they were sent (for answering them in tests).
@@ -1717,7 +1725,7 @@ mod tests {
         // more.
         let line = Line::new(40, 1);
         let now = Instant::now();
-        let (mut s, reqs) = after_headers(SyncConfig::default(), &line, now);
+        let (mut s, reqs) = after_headers(sixteen_per_request(), &line, now);
         s.on_status(now, 2, line.status(40), &line);
         let more = requests(&actions(&mut s));
         assert_eq!(more.len(), 1);
@@ -1767,7 +1775,7 @@ mod tests {
     fn a_local_import_failure_restarts_from_the_stored_tip_without_penalty() {
         let line = Line::new(40, 1);
         let now = Instant::now();
-        let (mut s, reqs) = after_headers(SyncConfig::default(), &line, now);
+        let (mut s, reqs) = after_headers(sixteen_per_request(), &line, now);
         let (_, id, SyncRequest::GetBlocks(hashes)) = &reqs[0] else {
             panic!("blocks request: {reqs:?}");
         };

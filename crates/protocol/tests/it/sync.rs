@@ -430,7 +430,12 @@ fn servers(chain: &ChainHost, n: u8) -> BTreeMap<u8, Server> {
 fn a_late_joiner_reaches_the_tip_of_a_5000_block_network() {
     let (_, genesis, chain) = setup(5_000);
     let mut servers = servers(&chain, 5);
-    let mut client = Client::new(empty(&genesis), SyncConfig::default());
+    // Small requests, so that the default serving rate limit is reached and answers `Busy`.
+    let config = SyncConfig {
+        blocks_per_request: 16,
+        ..SyncConfig::default()
+    };
+    let mut client = Client::new(empty(&genesis), config);
     client.handshake(&servers);
     client.run(&mut servers, Until::Idle);
     let out = &client.out;
