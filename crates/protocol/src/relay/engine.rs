@@ -311,6 +311,49 @@ struct Wanted<P> {
     full: Option<TxId>,
 }
 
+impl<P: PeerKey> Wanted<P> {
+    /// A wait whose first request goes to `peer` and is due by `deadline`.
+    fn asking(peer: P, deadline: Instant, full: Option<TxId>) -> Self {
+        Wanted {
+            announcers: VecDeque::new(),
+            asked: Some((peer, deadline)),
+            retries: 0,
+            tried: Vec::new(),
+            full,
+        }
+    }
+
+    /// Whether the current request went to `peer`.
+    fn asked(&self, peer: P) -> bool {
+        matches!(self.asked, Some((p, _)) if p == peer)
+    }
+
+    /// Moves the request to the next announcer, due by `deadline`, while retries are left;
+    /// `None` when the wait should end.
+    fn next_announcer(&mut self, max_retries: u8, deadline: Instant) -> Option<P> {
+        if self.retries >= max_retries {
+            return None;
+        }
+        let peer = self.announcers.pop_front()?;
+        self.retries += 1;
+        if let Some((before, _)) = self.asked.replace((peer, deadline)) {
+            self.tried.push(before);
+        }
+        Some(peer)
+    }
+}
+
+/// The waits of `wanted` whose request is overdue at `now`, with the peer asked.
+fn overdue<K: Copy, P: PeerKey>(wanted: &HashMap<K, Wanted<P>>, now: Instant) -> Vec<(K, P)> {
+    wanted
+        .iter()
+        .filter_map(|(key, w)| match w.asked {
+            Some((p, t)) if t <= now => Some((*key, p)),
+            _ => None,
+        })
+        .collect()
+}
+
 #[derive(Debug)]
 struct PartialBlock<P> {
     header: BlockHeader,
@@ -552,34 +595,12 @@ impl<P: PeerKey> RelayEngine<P> {
         for peer in due {
             self.flush(&peer);
         }
-        let expired: Vec<(InvItem, P)> = self
-            .wanted
-            .iter()
-            .filter_map(|(item, w)| match w.asked {
-                Some((p, t)) if t <= now => Some((*item, p)),
-                _ => None,
-            })
-            .collect();
-        for (item, peer) in expired {
-            self.events.push_back(RelayEvent::Penalty {
-                peer,
-                offence: Offence::RequestTimeout,
-            });
+        for (item, peer) in overdue(&self.wanted, now) {
+            self.penalize(peer, Offence::RequestTimeout);
             self.retry(now, item);
         }
-        let expired: Vec<(TxShortId, P)> = self
-            .wanted_short
-            .iter()
-            .filter_map(|(id, w)| match w.asked {
-                Some((p, t)) if t <= now => Some((*id, p)),
-                _ => None,
-            })
-            .collect();
-        for (id, peer) in expired {
-            self.events.push_back(RelayEvent::Penalty {
-                peer,
-                offence: Offence::RequestTimeout,
-            });
+        for (id, peer) in overdue(&self.wanted_short, now) {
+            self.penalize(peer, Offence::RequestTimeout);
             self.retry_short(now, id);
         }
         let stale: Vec<BlockHash> = self
@@ -794,20 +815,12 @@ impl<P: PeerKey> RelayEngine<P> {
                 for item in items {
                     if let InvItem::Tx(full) = item {
                         let id = self.short_ids.of(&full);
-                        if self
-                            .wanted_short
-                            .get(&id)
-                            .is_some_and(|w| matches!(w.asked, Some((p, _)) if p == peer))
-                        {
+                        if self.wanted_short.get(&id).is_some_and(|w| w.asked(peer)) {
                             self.retry_short(now, id);
                         }
                         continue;
                     }
-                    if self
-                        .wanted
-                        .get(&item)
-                        .is_some_and(|w| matches!(w.asked, Some((p, _)) if p == peer))
-                    {
+                    if self.wanted.get(&item).is_some_and(|w| w.asked(peer)) {
                         self.retry(now, item);
                     }
                 }
@@ -831,11 +844,7 @@ impl<P: PeerKey> RelayEngine<P> {
             RelayMessage::RequestTxs(ids) => self.on_request_txs(peer, ids, host),
             RelayMessage::TxsNotFound(ids) => {
                 for id in ids {
-                    if self
-                        .wanted_short
-                        .get(&id)
-                        .is_some_and(|w| matches!(w.asked, Some((p, _)) if p == peer))
-                    {
+                    if self.wanted_short.get(&id).is_some_and(|w| w.asked(peer)) {
                         self.retry_short(now, id);
                     }
                 }
@@ -900,7 +909,7 @@ impl<P: PeerKey> RelayEngine<P> {
                 if w.full.is_none() {
                     w.full = full;
                 }
-                let asked = matches!(w.asked, Some((p, _)) if p == peer);
+                let asked = w.asked(peer);
                 if !asked && w.announcers.len() < MAX_ANNOUNCERS && !w.announcers.contains(&peer) {
                     w.announcers.push_back(peer);
                 }
@@ -909,13 +918,7 @@ impl<P: PeerKey> RelayEngine<P> {
             None if room => {
                 self.wanted_short.insert(
                     id,
-                    Wanted {
-                        announcers: VecDeque::new(),
-                        asked: Some((peer, now + self.config.request_timeout)),
-                        retries: 0,
-                        tried: Vec::new(),
-                        full,
-                    },
+                    Wanted::asking(peer, now + self.config.request_timeout, full),
                 );
                 Some(full)
             }
@@ -956,19 +959,8 @@ impl<P: PeerKey> RelayEngine<P> {
         let Some(w) = self.wanted_short.get_mut(&id) else {
             return;
         };
-        let next = if w.retries < self.config.max_retries {
-            w.announcers.pop_front()
-        } else {
-            None
-        };
-        match next {
+        match w.next_announcer(self.config.max_retries, now + self.config.request_timeout) {
             Some(peer) => {
-                w.retries += 1;
-                if let Some((before, _)) =
-                    w.asked.replace((peer, now + self.config.request_timeout))
-                {
-                    w.tried.push(before);
-                }
                 self.metrics.retries += 1;
                 let msg = match w.full {
                     Some(full) => RelayMessage::Request(vec![InvItem::Tx(full)]),
@@ -1025,13 +1017,7 @@ impl<P: PeerKey> RelayEngine<P> {
                 None if room => {
                     self.wanted.insert(
                         item,
-                        Wanted {
-                            announcers: VecDeque::new(),
-                            asked: Some((peer, now + self.config.request_timeout)),
-                            retries: 0,
-                            tried: Vec::new(),
-                            full: None,
-                        },
+                        Wanted::asking(peer, now + self.config.request_timeout, None),
                     );
                     ask.push(item);
                 }
@@ -1050,13 +1036,7 @@ impl<P: PeerKey> RelayEngine<P> {
         }
         self.wanted.insert(
             item,
-            Wanted {
-                announcers: VecDeque::new(),
-                asked: Some((peer, now + self.config.request_timeout)),
-                retries: 0,
-                tried: Vec::new(),
-                full: None,
-            },
+            Wanted::asking(peer, now + self.config.request_timeout, None),
         );
         self.enqueue(&peer, Class::Reply, RelayMessage::Request(vec![item]));
     }
@@ -1081,15 +1061,8 @@ impl<P: PeerKey> RelayEngine<P> {
         let Some(w) = self.wanted.get_mut(&item) else {
             return;
         };
-        let next = if w.retries < self.config.max_retries {
-            w.announcers.pop_front()
-        } else {
-            None
-        };
-        match next {
+        match w.next_announcer(self.config.max_retries, now + self.config.request_timeout) {
             Some(peer) => {
-                w.retries += 1;
-                w.asked = Some((peer, now + self.config.request_timeout));
                 self.metrics.retries += 1;
                 self.enqueue(&peer, Class::Reply, RelayMessage::Request(vec![item]));
             }
@@ -1442,7 +1415,7 @@ impl<P: PeerKey> RelayEngine<P> {
         } else if let Some(w) = self.wanted.get_mut(&InvItem::Block(hash))
             && w.announcers.len() < MAX_ANNOUNCERS
             && !w.announcers.contains(&peer)
-            && !matches!(w.asked, Some((p, _)) if p == peer)
+            && !w.asked(peer)
         {
             w.announcers.push_back(peer);
         }
