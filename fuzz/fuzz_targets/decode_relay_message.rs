@@ -41,6 +41,8 @@ fuzz_target!(|data: &[u8]| {
                 let _ = HashPuzzle.verify(c, solution);
             }
         }
+        // One id: nothing to bound.
+        RelayMessage::AnnounceTx(_) | RelayMessage::RequestTx(_) => {}
         RelayMessage::Verdict(v) => {
             let _ = (v.id(), v.verify());
         }

@@ -1,13 +1,13 @@
 //! Length-delimited framing, which every protocol of ours reads peer bytes through: frames read
 //! off an arbitrary byte stream under an arbitrary limit stay within it, and writing them back
-//! gives exactly the bytes they were read from.
+//! gives exactly the bytes they were read from (a length has one encoding only).
 #![no_main]
 
 use futures::executor::block_on;
 use futures::io::Cursor;
 use libfuzzer_sys::fuzz_target;
 use playergold_net::framing::{
-    FRAME_HEADER_LEN, FrameError, MaxFrameSize, read_frame, write_frame,
+    FrameError, FrameHeader, MaxFrameSize, framed_len, read_frame, write_frame,
 };
 
 /// Frames read per input at most (inputs are small; this only bounds the loop).
@@ -28,15 +28,20 @@ fuzz_target!(|data: &[u8]| {
                 let mut written = Cursor::new(Vec::new());
                 block_on(write_frame(&mut written, &frame, max)).expect("a read frame writes");
                 let written = written.into_inner();
-                assert_eq!(written.len(), FRAME_HEADER_LEN + frame.len());
+                assert_eq!(written.len(), framed_len(frame.len()));
                 assert_eq!(&stream[consumed..consumed + written.len()], &written[..]);
                 consumed += written.len();
                 assert_eq!(input.position() as usize, consumed);
             }
             Err(FrameError::TooLarge { announced, limit }) => {
                 assert!(announced > u64::from(limit));
-                // Refused from its header alone: nothing past it was read.
-                assert_eq!(input.position() as usize, consumed + FRAME_HEADER_LEN);
+                // Refused from its header alone: nothing past it was read, and the header was
+                // the minimal encoding of what it announced.
+                let announced = u32::try_from(announced).expect("a header holds a u32");
+                let header = FrameHeader::new(announced);
+                let end = consumed + header.as_bytes().len();
+                assert_eq!(input.position() as usize, end);
+                assert_eq!(&stream[consumed..end], header.as_bytes());
                 return;
             }
             Err(_) => return,

@@ -145,11 +145,14 @@ impl World {
                 }
                 // Short-id announcements go only to peers that sent a salt; these peers send
                 // none, so they get full-id `Announce`s (checked above).
-                RelayMessage::AnnounceTxs(_) => panic!("short ids to a peer without a salt"),
+                RelayMessage::AnnounceTxs(_) | RelayMessage::AnnounceTx(_) => {
+                    panic!("short ids to a peer without a salt")
+                }
                 RelayMessage::Request(_)
                 | RelayMessage::NotFound(_)
                 | RelayMessage::BlockTxnsRequest { .. }
                 | RelayMessage::RequestTxs(_)
+                | RelayMessage::RequestTx(_)
                 | RelayMessage::TxsNotFound(_) => {}
             }
         }

@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use playergold_bench::propagation::{self, DEFAULT_BACKLOG, DEFAULT_MAX_BLOCK_TXS, Options};
 use playergold_bench::rtt::DEFAULT_RTT_FILE;
-use playergold_protocol::relay::Fanout;
+use playergold_protocol::relay::{Fanout, PropagationConfig};
 
 #[derive(Parser, Debug)]
 #[command(name = "playergold-bench", about = "PlayerGold benchmarks")]
@@ -73,6 +73,10 @@ struct PropagationArgs {
     /// (the default, ⌈√peers⌉), a count (`2`) or a fraction of the peers (`0.5`).
     #[arg(long, default_value = "sqrt", value_parser = parse_fanout)]
     tx_fanout: Fanout,
+    /// How long one side of each link holds back a relayed transaction's announcement, in ms
+    /// (`PropagationConfig::announce_yield`; default: its default).
+    #[arg(long)]
+    announce_yield_ms: Option<u64>,
 }
 
 fn parse_fanout(s: &str) -> Result<Fanout, String> {
@@ -126,6 +130,10 @@ async fn propagation_command(args: PropagationArgs) -> anyhow::Result<()> {
         drain: secs("drain-seconds", args.drain_seconds)?,
         gossip_warmup: secs("gossip-warmup-seconds", args.gossip_warmup_seconds)?,
         tx_fanout: args.tx_fanout,
+        announce_yield: args.announce_yield_ms.map_or(
+            PropagationConfig::default().announce_yield,
+            Duration::from_millis,
+        ),
     };
     let report = propagation::run(&opts).await?;
     print!("{}", report.table());

@@ -122,6 +122,10 @@ pub struct OursBytes {
     pub retries: u64,
     /// Peers dropped as slow.
     pub slow_peers: u64,
+    /// Announcements that crossed on a link (counted at both ends).
+    pub announcements_crossed: u64,
+    /// Announcements held back and then dropped because the peer told us first.
+    pub announcements_yielded: u64,
 }
 
 impl OursBytes {
@@ -140,6 +144,12 @@ impl OursBytes {
                 .saturating_sub(earlier.compact_fallback),
             retries: self.retries.saturating_sub(earlier.retries),
             slow_peers: self.slow_peers.saturating_sub(earlier.slow_peers),
+            announcements_crossed: self
+                .announcements_crossed
+                .saturating_sub(earlier.announcements_crossed),
+            announcements_yielded: self
+                .announcements_yielded
+                .saturating_sub(earlier.announcements_yielded),
         }
     }
 
@@ -157,6 +167,8 @@ impl OursBytes {
         self.compact_fallback += m.engine.compact_fallback;
         self.retries += m.engine.retries;
         self.slow_peers += m.engine.slow_peers;
+        self.announcements_crossed += m.engine.announcements_crossed;
+        self.announcements_yielded += m.engine.announcements_yielded;
     }
 }
 

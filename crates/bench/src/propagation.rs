@@ -86,6 +86,8 @@ pub struct Options {
     /// How many peers our relay pushes a transaction to in full (the rest get its id):
     /// `PropagationConfig::gossip_factor`.
     pub tx_fanout: Fanout,
+    /// `PropagationConfig::announce_yield`.
+    pub announce_yield: Duration,
 }
 
 impl Default for Options {
@@ -103,6 +105,7 @@ impl Default for Options {
             drain: Duration::from_secs(10),
             gossip_warmup: Duration::from_secs(6),
             tx_fanout: PropagationConfig::default().gossip_factor,
+            announce_yield: PropagationConfig::default().announce_yield,
         }
     }
 }
@@ -167,6 +170,7 @@ pub async fn run(opts: &Options) -> Result<Report, BenchError> {
         backlog: opts.backlog,
         seed: opts.seed,
         tx_fanout: format!("{:?}", opts.tx_fanout),
+        announce_yield_ms: opts.announce_yield.as_millis() as u64,
         cpus: std::thread::available_parallelism().map_or(1, usize::from),
         load_average: (load_start, load_average()),
     };
@@ -211,6 +215,7 @@ async fn run_ours(
         READY_TIMEOUT,
         &PropagationConfig {
             gossip_factor: opts.tx_fanout,
+            announce_yield: opts.announce_yield,
             ..PropagationConfig::default()
         },
         // As the node does: a transaction waits half a block interval before a block takes it.
@@ -324,7 +329,7 @@ async fn run_ours(
         block: summarise(&outcomes, bounds, Kind::Block, bytes.block, opts.nodes),
         compact_block_ratio: (full > 0).then(|| compact as f64 / full as f64),
         stream_bytes: bytes.stream,
-        byte_attribution: "relay frames sent (4-byte header included) by message kind: \
+        byte_attribution: "relay frames sent (varint header included) by message kind: \
             Transactions+Announce+Request+NotFound = tx, \
             CompactBlock+BlockTxnsRequest+BlockTxns+Block = block"
             .into(),
@@ -334,6 +339,14 @@ async fn run_ours(
             ("compact_partial".into(), bytes.compact_partial as f64),
             ("compact_fallback".into(), bytes.compact_fallback as f64),
             ("retries".into(), bytes.retries as f64),
+            (
+                "announcements_crossed".into(),
+                bytes.announcements_crossed as f64,
+            ),
+            (
+                "announcements_yielded".into(),
+                bytes.announcements_yielded as f64,
+            ),
             ("slow_peers".into(), bytes.slow_peers as f64),
             ("tx_arrivals_via_block".into(), events.tx_via_block as f64),
             ("lagged_events".into(), events.lagged as f64),

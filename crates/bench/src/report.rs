@@ -33,6 +33,8 @@ pub struct RunConfig {
     pub seed: u64,
     /// Our relay's transaction push fanout (`PropagationConfig::gossip_factor`).
     pub tx_fanout: String,
+    /// Our relay's announcement yield (`PropagationConfig::announce_yield`), ms.
+    pub announce_yield_ms: u64,
     /// CPUs this process may use.
     pub cpus: usize,
     /// The machine's 1-minute load average when the run started and when it ended: above the
@@ -168,7 +170,7 @@ impl Report {
         let _ = writeln!(
             out,
             "propagation: {} nodes, {} links (mean degree {:.1}), {} regions, {:.0} s, {} tx/s, \
-             a block every {} ms (<= {} txs, backlog {}), seed {}, our tx fanout {}; {} CPUs, load \
+             a block every {} ms (<= {} txs, backlog {}), seed {}, our tx fanout {}, announce yield {} ms; {} CPUs, load \
              average {:.1} -> {:.1}",
             c.nodes,
             c.links,
@@ -181,6 +183,7 @@ impl Report {
             c.backlog,
             c.seed,
             c.tx_fanout,
+            c.announce_yield_ms,
             c.cpus,
             c.load_average.0,
             c.load_average.1

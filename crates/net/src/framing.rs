@@ -1,14 +1,25 @@
 //! Length-delimited framing for our own protocols.
 //!
-//! A frame is a 4-byte big-endian length followed by that many payload bytes. Every protocol
-//! states its largest frame as a [`MaxFrameSize`] constant; a frame that announces a larger
-//! length is refused right after its 4-byte header is read, before any buffer is allocated, so a
-//! peer cannot make us reserve memory it never sends.
+//! ```text
+//!   frame = varint(len) ‖ payload[len]        varint: unsigned LEB128, 1–5 bytes, minimal
+//!
+//!   read_frame:  header byte by byte ─▶ len > max? ─▶ TooLarge (nothing more read)
+//!                                   └─ overlong / non-minimal / > u32 ─▶ BadHeader
+//!                                   └─ allocate len, read payload ─▶ Ok(payload)
+//! ```
+//!
+//! The length is an unsigned LEB128 varint (the multiformats `unsigned-varint` that libp2p's own
+//! protocols use): 1 byte for frames under 128 bytes, 2 under 16 KiB. Most of our frames are
+//! announcements and requests of a few bytes, where a fixed 4-byte length was 40% of the frame.
+//! Only the minimal encoding of a length is accepted, so a frame has exactly one byte form.
+//! Every protocol states its largest frame as a [`MaxFrameSize`] constant; a frame that announces
+//! a larger length is refused right after its header is read, before any buffer is allocated, so
+//! a peer cannot make us reserve memory it never sends.
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// Bytes in a frame header (a big-endian `u32` length).
-pub const FRAME_HEADER_LEN: usize = 4;
+/// Most bytes a frame header takes (the varint of `u32::MAX`).
+pub const MAX_FRAME_HEADER_LEN: usize = 5;
 
 /// The largest payload one frame of a protocol may carry, in bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -26,6 +37,59 @@ impl MaxFrameSize {
     }
 }
 
+/// The header of a frame: the varint of its payload length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameHeader {
+    bytes: [u8; MAX_FRAME_HEADER_LEN],
+    len: u8,
+}
+
+impl FrameHeader {
+    /// The header of a frame of `payload_len` bytes.
+    pub const fn new(payload_len: u32) -> Self {
+        let mut bytes = [0u8; MAX_FRAME_HEADER_LEN];
+        let mut value = payload_len;
+        let mut len = 0;
+        loop {
+            // The low 7 bits; the cast keeps exactly them.
+            let low = (value & 0x7f) as u8;
+            value >>= 7;
+            if value == 0 {
+                bytes[len] = low;
+                len += 1;
+                break;
+            }
+            bytes[len] = low | 0x80;
+            len += 1;
+        }
+        Self {
+            bytes,
+            len: len as u8,
+        }
+    }
+
+    /// The header's bytes on the wire.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
+/// Bytes a frame of `payload_len` payload bytes takes on the wire, header included.
+pub const fn framed_len(payload_len: usize) -> usize {
+    let header = if payload_len < 1 << 7 {
+        1
+    } else if payload_len < 1 << 14 {
+        2
+    } else if payload_len < 1 << 21 {
+        3
+    } else if payload_len < 1 << 28 {
+        4
+    } else {
+        5
+    };
+    header + payload_len
+}
+
 /// Errors while reading or writing a frame.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -38,9 +102,20 @@ pub enum FrameError {
         /// The protocol's limit.
         limit: u32,
     },
+    /// The header is not the minimal varint of a length that fits in 32 bits.
+    #[error("malformed frame header (a length must be a minimal varint of at most 5 bytes)")]
+    BadHeader,
     /// The stream failed or ended in the middle of a frame.
     #[error("stream error while framing: {0}")]
     Io(#[from] std::io::Error),
+}
+
+impl FrameError {
+    /// Whether the peer sent something no honest implementation sends (as opposed to a stream
+    /// that failed or ended).
+    pub fn is_peer_fault(&self) -> bool {
+        matches!(self, FrameError::TooLarge { .. } | FrameError::BadHeader)
+    }
 }
 
 impl From<FrameError> for std::io::Error {
@@ -52,14 +127,35 @@ impl From<FrameError> for std::io::Error {
     }
 }
 
+/// Reads a frame header: a minimal varint of at most [`MAX_FRAME_HEADER_LEN`] bytes whose value
+/// fits in a `u32`.
+async fn read_header<R>(io: &mut R) -> Result<u32, FrameError>
+where
+    R: AsyncRead + Unpin,
+{
+    let mut value: u64 = 0;
+    for i in 0..MAX_FRAME_HEADER_LEN {
+        let mut byte = [0u8; 1];
+        io.read_exact(&mut byte).await?;
+        let byte = byte[0];
+        value |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            // A last byte of 0 after others is a non-minimal encoding.
+            if byte == 0 && i > 0 {
+                return Err(FrameError::BadHeader);
+            }
+            return u32::try_from(value).map_err(|_| FrameError::BadHeader);
+        }
+    }
+    Err(FrameError::BadHeader)
+}
+
 /// Reads one frame, refusing (without allocating) any frame longer than `max`.
 pub async fn read_frame<R>(io: &mut R, max: MaxFrameSize) -> Result<Vec<u8>, FrameError>
 where
     R: AsyncRead + Unpin,
 {
-    let mut header = [0u8; FRAME_HEADER_LEN];
-    io.read_exact(&mut header).await?;
-    let len = u32::from_be_bytes(header);
+    let len = read_header(io).await?;
     if len > max.bytes() {
         return Err(FrameError::TooLarge {
             announced: u64::from(len),
@@ -84,7 +180,7 @@ where
             announced: payload.len() as u64,
             limit: max.bytes(),
         })?;
-    io.write_all(&len.to_be_bytes()).await?;
+    io.write_all(FrameHeader::new(len).as_bytes()).await?;
     io.write_all(payload).await?;
     io.flush().await?;
     Ok(())
@@ -133,7 +229,7 @@ mod tests {
     #[test]
     fn oversized_frame_refused_before_allocation() {
         // Announces 4 GiB - 1 and sends nothing else: must fail on the header alone.
-        let mut buf = Cursor::new(u32::MAX.to_be_bytes().to_vec());
+        let mut buf = Cursor::new(FrameHeader::new(u32::MAX).as_bytes().to_vec());
         match block_on(read_frame(&mut buf, LIMIT)) {
             Err(FrameError::TooLarge { announced, limit }) => {
                 assert_eq!(announced, u64::from(u32::MAX));
@@ -153,12 +249,52 @@ mod tests {
 
     #[test]
     fn truncated_frame_is_an_error() {
-        let mut bytes = 8u32.to_be_bytes().to_vec();
+        let mut bytes = FrameHeader::new(8).as_bytes().to_vec();
         bytes.extend_from_slice(b"abc");
         let mut buf = Cursor::new(bytes);
         assert!(matches!(
             block_on(read_frame(&mut buf, LIMIT)),
             Err(FrameError::Io(_))
         ));
+    }
+
+    #[test]
+    fn headers_are_minimal_varints() {
+        for (len, bytes) in [
+            (0u32, &[0x00][..]),
+            (127, &[0x7f]),
+            (128, &[0x80, 0x01]),
+            (300, &[0xac, 0x02]),
+            (16_383, &[0xff, 0x7f]),
+            (16_384, &[0x80, 0x80, 0x01]),
+            (u32::MAX, &[0xff, 0xff, 0xff, 0xff, 0x0f]),
+        ] {
+            let header = FrameHeader::new(len);
+            assert_eq!(header.as_bytes(), bytes, "{len}");
+            assert_eq!(framed_len(len as usize), bytes.len() + len as usize);
+            let mut buf = Cursor::new(bytes.to_vec());
+            assert_eq!(block_on(read_header(&mut buf)).expect("valid"), len);
+        }
+    }
+
+    #[test]
+    fn malformed_headers_are_refused_without_reading_on() {
+        for bytes in [
+            // Non-minimal: 1 in two bytes, 0 in two bytes.
+            &[0x81, 0x00][..],
+            &[0x80, 0x00],
+            // Over 32 bits.
+            &[0xff, 0xff, 0xff, 0xff, 0x1f],
+            // Six bytes.
+            &[0x80, 0x80, 0x80, 0x80, 0x80, 0x01],
+        ] {
+            let mut stream = bytes.to_vec();
+            stream.extend_from_slice(&[0u8; 64]);
+            let mut buf = Cursor::new(stream);
+            let err = block_on(read_frame(&mut buf, LIMIT)).expect_err("malformed");
+            assert!(matches!(err, FrameError::BadHeader), "{bytes:?}: {err:?}");
+            assert!(err.is_peer_fault());
+            assert!(buf.position() as usize <= MAX_FRAME_HEADER_LEN);
+        }
     }
 }

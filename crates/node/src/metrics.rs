@@ -398,7 +398,7 @@ fn encode_relay(
     counters(
         e,
         "relay",
-        "Relay protocol bytes received and sent (4-byte frame header included), per message kind",
+        "Relay protocol bytes received and sent (varint frame header included), per message kind",
         Some(&Unit::Bytes),
         &per_kind(|_, bytes| bytes),
     )?;

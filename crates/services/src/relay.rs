@@ -58,7 +58,7 @@ pub const RELAY_PROTOCOL: &str = "relay";
 pub const RELAY_PROTOCOL_VERSION: &str = "1";
 
 /// Largest frame on a relay stream: the largest relay message (a maximum-size block plus slack).
-/// A longer frame is refused from its 4-byte header, before anything is allocated.
+/// A longer frame is refused from its header, before anything is allocated.
 pub const MAX_FRAME_SIZE: MaxFrameSize = MaxFrameSize::new(MAX_RELAY_FRAME_BYTES as u32);
 
 /// Commands waiting for the owning task. Callers await each reply, so 256 in flight covers many

@@ -71,7 +71,7 @@ pub const SYNC_PROTOCOL: &str = "sync";
 /// Protocol version part.
 pub const SYNC_PROTOCOL_VERSION: &str = "1";
 
-/// Largest request frame: the largest `SyncRequest` (a full locator). Refused from its 4-byte
+/// Largest request frame: the largest `SyncRequest` (a full locator). Refused from its
 /// header, before anything is allocated.
 pub const MAX_REQUEST_FRAME: MaxFrameSize = MaxFrameSize::new(SyncRequest::MAX_BYTES as u32);
 /// Largest response frame: a full `Blocks` reply plus slack.

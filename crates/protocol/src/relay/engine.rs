@@ -29,7 +29,8 @@ use rand::{Rng, SeedableRng};
 use super::bounded::{BoundedMap, BoundedSet};
 use super::config::{BLOCK_REQUEST_COST, PropagationConfig, Strategy};
 use super::messages::{
-    CLASSES, Class, CompactBlock, InvItem, RelayMessage, ShortId, TxSalt, TxShortId, TxShortIds,
+    AnnounceOrder, CLASSES, Class, CompactBlock, InvItem, RelayMessage, ShortId, TxSalt, TxShortId,
+    TxShortIds,
 };
 use crate::ai::{Challenge, ChallengeId, Solution, SolutionId, Verdict};
 use crate::capabilities::Capabilities;
@@ -46,6 +47,10 @@ pub const MAX_ANNOUNCERS: usize = 8;
 /// round trip; 2,048 covers a second of a 2,000 tx/s flow). 2,048 × ~60 bytes × 50 peers ≈
 /// 6 MiB at most.
 pub const MAX_ANNOUNCED_PER_PEER: usize = 2_048;
+/// Announcements yielded toward one peer at once (see
+/// [`PropagationConfig::announce_yield`]); beyond it they go out at once. 4,096 × 40 bytes ×
+/// 50 peers ≈ 8 MiB at most.
+pub(crate) const MAX_DEFERRED_PER_PEER: usize = 4_096;
 /// Compact blocks being rebuilt at once.
 pub const MAX_PARTIAL_BLOCKS: usize = 16;
 /// Recently assembled blocks kept to answer `BlockTxnsRequest` before the chain has them.
@@ -274,6 +279,11 @@ pub struct RelayMetrics {
     pub slow_peers: u64,
     /// Requests dropped for exceeding the per-peer request rate.
     pub requests_refused: u64,
+    /// Yielded announcements dropped because the peer told us of the transaction first.
+    pub announcements_yielded: u64,
+    /// Short-id announcements received for transactions we had announced to the same peer:
+    /// the two crossed on the link (each crossing counts at both ends).
+    pub announcements_crossed: u64,
 }
 
 #[derive(Debug, Default)]
@@ -293,8 +303,14 @@ struct Peer {
     pending_short: Vec<TxShortId>,
     /// The peer's short-id function (from its hello); `None`: it gets full-id announcements.
     short_ids: Option<TxShortIds>,
+    /// Which side of the link yields on which transaction (from both salts).
+    order: Option<AnnounceOrder>,
     /// What we announced to it by short id, to serve its requests.
     announced: BoundedMap<TxShortId, TxId>,
+    /// Announcements this side of the link yields on (see
+    /// [`PropagationConfig::announce_yield`]): sent when due unless the peer told us of the
+    /// transaction first. Due times only grow, so the front is the next due.
+    deferred: VecDeque<(Instant, TxId)>,
     batch_deadline: Option<Instant>,
     slow: bool,
 }
@@ -487,6 +503,7 @@ impl<P: PeerKey> RelayEngine<P> {
     pub fn set_peer_tx_salt(&mut self, peer: &P, salt: TxSalt) {
         if let Some(p) = self.peers.get_mut(peer) {
             p.short_ids = Some(TxShortIds::new(salt));
+            p.order = Some(AnnounceOrder::new(self.salt, salt));
         }
     }
 
@@ -505,7 +522,9 @@ impl<P: PeerKey> RelayEngine<P> {
             pending_announce: Vec::new(),
             pending_short: Vec::new(),
             short_ids: None,
+            order: None,
             announced: BoundedMap::new(MAX_ANNOUNCED_PER_PEER),
+            deferred: VecDeque::new(),
             batch_deadline: None,
             slow: false,
         });
@@ -574,7 +593,11 @@ impl<P: PeerKey> RelayEngine<P> {
 
     /// When `handle_timeout` must next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let batches = self.peers.values().filter_map(|p| p.batch_deadline);
+        let batches = self.peers.values().flat_map(|p| {
+            p.batch_deadline
+                .into_iter()
+                .chain(p.deferred.front().map(|(due, _)| *due))
+        });
         let requests = self
             .wanted
             .values()
@@ -595,6 +618,7 @@ impl<P: PeerKey> RelayEngine<P> {
         for peer in due {
             self.flush(&peer);
         }
+        self.release_deferred(now);
         for (item, peer) in overdue(&self.wanted, now) {
             self.penalize(peer, Offence::RequestTimeout);
             self.retry(now, item);
@@ -800,6 +824,7 @@ impl<P: PeerKey> RelayEngine<P> {
                 })
                 .sum(),
             RelayMessage::RequestTxs(ids) => ids.len() as f64,
+            RelayMessage::RequestTx(_) => 1.0,
             RelayMessage::BlockTxnsRequest { indexes, .. } => indexes.len() as f64,
             _ => 0.0,
         };
@@ -841,7 +866,9 @@ impl<P: PeerKey> RelayEngine<P> {
             } => self.on_solution(peer, solution, challenge),
             RelayMessage::Verdict(v) => self.on_verdict(peer, v),
             RelayMessage::AnnounceTxs(ids) => self.on_announce_txs(now, peer, ids),
+            RelayMessage::AnnounceTx(id) => self.on_announce_txs(now, peer, vec![id]),
             RelayMessage::RequestTxs(ids) => self.on_request_txs(peer, ids, host),
+            RelayMessage::RequestTx(id) => self.on_request_txs(peer, vec![id], host),
             RelayMessage::TxsNotFound(ids) => {
                 for id in ids {
                     if self.wanted_short.get(&id).is_some_and(|w| w.asked(peer)) {
@@ -874,6 +901,12 @@ impl<P: PeerKey> RelayEngine<P> {
         let mut ask_full = Vec::new();
         for id in ids {
             if let Some(tx) = self.short_index.get(&id).copied() {
+                if let Some(p) = self.peers.get(&peer)
+                    && let Some(theirs) = p.short_ids.as_ref().map(|s| s.of(&tx))
+                    && p.announced.get(&theirs).is_some()
+                {
+                    self.metrics.announcements_crossed += 1;
+                }
                 self.mark_known(&peer, InvItem::Tx(tx));
                 continue;
             }
@@ -884,7 +917,7 @@ impl<P: PeerKey> RelayEngine<P> {
             }
         }
         if !ask.is_empty() {
-            self.enqueue(&peer, Class::Reply, RelayMessage::RequestTxs(ask));
+            self.enqueue(&peer, Class::Reply, RelayMessage::request_txs(ask));
         }
         if !ask_full.is_empty() {
             self.enqueue(&peer, Class::Reply, RelayMessage::Request(ask_full));
@@ -964,7 +997,7 @@ impl<P: PeerKey> RelayEngine<P> {
                 self.metrics.retries += 1;
                 let msg = match w.full {
                     Some(full) => RelayMessage::Request(vec![InvItem::Tx(full)]),
-                    None => RelayMessage::RequestTxs(vec![id]),
+                    None => RelayMessage::RequestTx(id),
                 };
                 self.enqueue(&peer, Class::Reply, msg);
             }
@@ -1848,18 +1881,33 @@ impl<P: PeerKey> RelayEngine<P> {
         };
         let deadline = now + self.config.batch_delay;
         let batch = self.config.batch_size.max(1);
+        let yield_until = now + self.config.announce_yield;
         for (i, peer) in targets.into_iter().enumerate() {
             let Some(p) = self.peers.get_mut(&peer) else {
                 continue;
             };
-            p.known.insert(item);
-            if i < push {
+            if i >= push
+                && let Some(short_ids) = &p.short_ids
+            {
+                let theirs = short_ids.of(&id);
+                // One side of each link yields, so that the two announcements of a link do not
+                // cross. The origin has no one to yield to: all its peers lack the transaction.
+                if from.is_some()
+                    && p.order.as_ref().is_some_and(|o| o.we_yield(&id))
+                    && !self.config.announce_yield.is_zero()
+                    && p.deferred.len() < MAX_DEFERRED_PER_PEER
+                {
+                    p.deferred.push_back((yield_until, id));
+                    continue;
+                }
+                p.known.insert(item);
+                p.announced.insert(theirs, id);
+                p.pending_short.push(theirs);
+            } else if i < push {
+                p.known.insert(item);
                 p.pending_txs.push(tx.clone());
-            } else if let Some(short_ids) = &p.short_ids {
-                let short = short_ids.of(&id);
-                p.announced.insert(short, id);
-                p.pending_short.push(short);
             } else {
+                p.known.insert(item);
                 p.pending_announce.push(item);
             }
             p.batch_deadline.get_or_insert(deadline);
@@ -1869,6 +1917,43 @@ impl<P: PeerKey> RelayEngine<P> {
             {
                 self.flush(&peer);
             }
+        }
+    }
+
+    /// Sends the yielded announcements that are due, except to peers that told us of the
+    /// transaction meanwhile (that is the crossing the yield avoids).
+    fn release_deferred(&mut self, now: Instant) {
+        let mut flush = Vec::new();
+        // When the oldest is due, the ones that waited at least half the yield go with it, in
+        // one batch (the younger ones would still cross too often).
+        let batch_until = now + self.config.announce_yield / 2;
+        for (key, p) in &mut self.peers {
+            let mut any = false;
+            if p.deferred.front().is_none_or(|(due, _)| *due > now) {
+                continue;
+            }
+            while let Some((_, id)) = p.deferred.pop_front_if(|(due, _)| *due <= batch_until) {
+                let item = InvItem::Tx(id);
+                if p.known.contains(&item) || !self.seen.contains(&item) {
+                    self.metrics.announcements_yielded += 1;
+                    continue;
+                }
+                let Some(short_ids) = &p.short_ids else {
+                    continue;
+                };
+                let short = short_ids.of(&id);
+                p.known.insert(item);
+                p.announced.insert(short, id);
+                p.pending_short.push(short);
+                any = true;
+            }
+            if any {
+                flush.push(*key);
+            }
+        }
+        flush.sort();
+        for peer in flush {
+            self.flush(&peer);
         }
     }
 
@@ -1911,7 +1996,7 @@ impl<P: PeerKey> RelayEngine<P> {
             self.enqueue(
                 peer,
                 Class::Announce,
-                RelayMessage::AnnounceTxs(chunk.to_vec()),
+                RelayMessage::announce_txs(chunk.to_vec()),
             );
         }
     }
@@ -1932,6 +2017,7 @@ impl<P: PeerKey> RelayEngine<P> {
             p.pending_txs.clear();
             p.pending_announce.clear();
             p.pending_short.clear();
+            p.deferred.clear();
             p.batch_deadline = None;
             self.metrics.slow_peers += 1;
             self.events.push_back(RelayEvent::SlowPeer(*peer));
@@ -2067,40 +2153,21 @@ mod tests {
         );
         assert_eq!(
             sent(&mut a, 1),
-            vec![RelayMessage::AnnounceTxs(vec![short_b])],
+            vec![RelayMessage::AnnounceTx(short_b)],
             "a relayed tx is announced, not pushed"
         );
-        assert_eq!(
-            sent(&mut a, 2),
-            vec![RelayMessage::AnnounceTxs(vec![short_c])]
-        );
+        assert_eq!(sent(&mut a, 2), vec![RelayMessage::AnnounceTx(short_c)]);
         assert!(sent(&mut a, 9).is_empty(), "never back to its sender");
 
         // C announced it to B before A did: B asks C, then A's announcement only joins the wait.
-        b.handle_message(
-            now,
-            2,
-            RelayMessage::AnnounceTxs(vec![short_b]),
-            &mut host_b,
-        );
-        assert_eq!(
-            sent(&mut b, 2),
-            vec![RelayMessage::RequestTxs(vec![short_b])]
-        );
-        b.handle_message(
-            now,
-            0,
-            RelayMessage::AnnounceTxs(vec![short_b]),
-            &mut host_b,
-        );
+        b.handle_message(now, 2, RelayMessage::AnnounceTx(short_b), &mut host_b);
+        assert_eq!(sent(&mut b, 2), vec![RelayMessage::RequestTx(short_b)]);
+        b.handle_message(now, 0, RelayMessage::AnnounceTx(short_b), &mut host_b);
         assert!(sent(&mut b, 0).is_empty(), "one request at a time");
         // C never answers: after the timeout B asks A, which serves it from its announcement.
         let later = now + PropagationConfig::default().request_timeout;
         b.handle_timeout(later);
-        assert_eq!(
-            sent(&mut b, 0),
-            vec![RelayMessage::RequestTxs(vec![short_b])]
-        );
+        assert_eq!(sent(&mut b, 0), vec![RelayMessage::RequestTx(short_b)]);
         a.handle_message(
             later,
             1,
@@ -2128,13 +2195,95 @@ mod tests {
             b.poll_timeout()
         );
         // A later announcement of a known short id is not requested.
-        b.handle_message(
-            later,
-            2,
-            RelayMessage::AnnounceTxs(vec![short_b]),
-            &mut host_b,
-        );
+        b.handle_message(later, 2, RelayMessage::AnnounceTx(short_b), &mut host_b);
         assert!(sent(&mut b, 2).is_empty());
+    }
+
+    /// Two peers that get a transaction at the same time do not announce it to each other both:
+    /// the side whose own short id of it is the lower holds its announcement back
+    /// (`announce_yield`) and drops it once the other side's arrives; when nothing arrives, it
+    /// announces after the yield.
+    #[test]
+    fn one_side_of_each_link_yields_its_announcement() {
+        let key = Keypair::from_secret(&[8; 32]);
+        let config = PropagationConfig::default();
+        let now = Instant::now();
+        let batch_due = now + config.batch_delay;
+        let yield_due = now + config.announce_yield;
+        // Engines A and B are linked (A calls B 1, B calls A 0); both hear of the txs from 9.
+        let link = || {
+            let mut a: RelayEngine<u8> = RelayEngine::new(config.clone(), 1);
+            let mut b: RelayEngine<u8> = RelayEngine::new(config.clone(), 2);
+            let (salt_a, salt_b) = (a.tx_salt(), b.tx_salt());
+            for (e, peer, salt) in [(&mut a, 1, salt_b), (&mut b, 0, salt_a)] {
+                for p in [peer, 9] {
+                    e.add_peer(p, Capabilities::NONE);
+                }
+                e.set_peer_tx_salt(&peer, salt);
+                e.set_peer_tx_salt(&9, TxSalt([9; 16]));
+            }
+            (a, b)
+        };
+        let (mut a, mut b) = link();
+        let (mut host_a, mut host_b) = (Mempool::default(), Mempool::default());
+        let first = tx(&key, 0);
+        let id = first.id();
+        let short_for_a = TxShortIds::new(a.tx_salt()).of(&id);
+        let short_for_b = TxShortIds::new(b.tx_salt()).of(&id);
+        assert_ne!(short_for_a, short_for_b);
+        for (e, host) in [(&mut a, &mut host_a), (&mut b, &mut host_b)] {
+            e.handle_message(
+                now,
+                9,
+                RelayMessage::Transactions(vec![first.clone()]),
+                host,
+            );
+            e.handle_timeout(batch_due);
+        }
+        let from_a = sent(&mut a, 1);
+        let from_b = sent(&mut b, 0);
+        let (fast_msgs, slow, slow_host, slow_from_fast, fast_peer_of_slow) =
+            if short_for_a < short_for_b {
+                assert!(from_a.is_empty(), "A yields: {from_a:?}");
+                (from_b, &mut a, &mut host_a, 1u8, 1u8)
+            } else {
+                assert!(from_b.is_empty(), "B yields: {from_b:?}");
+                (from_a, &mut b, &mut host_b, 0u8, 0u8)
+            };
+        assert_eq!(fast_msgs.len(), 1, "the other side announces at once");
+        // The fast side's announcement reaches the slow side before its yield ends.
+        slow.handle_message(batch_due, slow_from_fast, fast_msgs[0].clone(), slow_host);
+        slow.handle_timeout(yield_due);
+        assert!(
+            sent(slow, fast_peer_of_slow).is_empty(),
+            "the announcements of a link do not cross"
+        );
+        assert_eq!(slow.metrics().announcements_yielded, 1);
+
+        // A transaction the peer never announces: the yielding side announces it after the yield.
+        let (mut a, _b) = link();
+        let mut host_a = Mempool::default();
+        let b_salt = TxShortIds::new(_b.tx_salt());
+        let a_salt = TxShortIds::new(a.tx_salt());
+        let second = (1..256)
+            .map(|n| tx(&key, n))
+            .find(|t| a_salt.of(&t.id()) < b_salt.of(&t.id()))
+            .expect("A yields on about half of all transactions");
+        a.handle_message(
+            now,
+            9,
+            RelayMessage::Transactions(vec![second.clone()]),
+            &mut host_a,
+        );
+        a.handle_timeout(batch_due);
+        assert!(sent(&mut a, 1).is_empty());
+        assert_eq!(a.poll_timeout(), Some(yield_due), "the yield is a timer");
+        a.handle_timeout(yield_due);
+        assert_eq!(
+            sent(&mut a, 1),
+            vec![RelayMessage::AnnounceTx(b_salt.of(&second.id()))]
+        );
+        assert_eq!(a.metrics().announcements_yielded, 0);
     }
 
     /// A short id nobody announced.

@@ -13,6 +13,7 @@ pub use engine::{
     RelayEngine, RelayEvent, RelayHost, RelayMetrics, Settlement, TxVerdict,
 };
 pub use messages::{
-    CLASSES, Class, CompactBlock, InvItem, MAX_ITEMS_PER_MESSAGE, MAX_RELAY_FRAME_BYTES,
-    RelayMessage, SHORT_ID_LEN, ShortId, TX_SHORT_ID_LEN, TxSalt, TxShortId, TxShortIds,
+    AnnounceOrder, CLASSES, Class, CompactBlock, InvItem, MAX_ITEMS_PER_MESSAGE,
+    MAX_RELAY_FRAME_BYTES, RelayMessage, SHORT_ID_LEN, ShortId, TX_SHORT_ID_LEN, TxSalt, TxShortId,
+    TxShortIds,
 };

@@ -139,8 +139,8 @@ pub(crate) fn kind(msg: &RelayMessage) -> &'static str {
         RelayMessage::Challenge(_) => "challenge",
         RelayMessage::Solution { .. } => "solution",
         RelayMessage::Verdict(_) => "verdict",
-        RelayMessage::AnnounceTxs(_) => "announce_txs",
-        RelayMessage::RequestTxs(_) => "request_txs",
+        RelayMessage::AnnounceTxs(_) | RelayMessage::AnnounceTx(_) => "announce_txs",
+        RelayMessage::RequestTxs(_) | RelayMessage::RequestTx(_) => "request_txs",
         RelayMessage::TxsNotFound(_) => "txs_not_found",
     }
 }

@@ -9,9 +9,7 @@ use futures::{AsyncWriteExt, StreamExt};
 use libp2p::{Stream, StreamProtocol};
 use libp2p_stream::{Control, IncomingStreams, OpenStreamError};
 use playergold_net::PeerId;
-use playergold_net::framing::{
-    FRAME_HEADER_LEN, FrameError, MaxFrameSize, read_frame, write_frame,
-};
+use playergold_net::framing::{MaxFrameSize, framed_len, read_frame, write_frame};
 use playergold_primitives::codec::{self, WireDecode};
 use playergold_protocol::relay::RelayMessage;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
@@ -119,7 +117,7 @@ async fn read_loop(
                 return;
             }
         },
-        Err(e @ FrameError::TooLarge { .. }) => {
+        Err(e) if e.is_peer_fault() => {
             let _ = to_owner.send(malformed(e.to_string())).await;
             return;
         }
@@ -136,13 +134,13 @@ async fn read_loop(
     loop {
         let frame = match read_frame(&mut stream, MAX_FRAME_SIZE).await {
             Ok(frame) => frame,
-            Err(e @ FrameError::TooLarge { .. }) => {
+            Err(e) if e.is_peer_fault() => {
                 let _ = to_owner.send(malformed(e.to_string())).await;
                 return;
             }
             Err(_) => return,
         };
-        let bytes = frame.len() + FRAME_HEADER_LEN;
+        let bytes = framed_len(frame.len());
         let msg = match codec::decode::<RelayMessage>(&frame) {
             Ok(msg) => msg,
             Err(e) => {

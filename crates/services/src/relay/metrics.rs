@@ -68,8 +68,8 @@ impl MessageKind {
             RelayMessage::Challenge(_) => MessageKind::Challenge,
             RelayMessage::Solution { .. } => MessageKind::Solution,
             RelayMessage::Verdict(_) => MessageKind::Verdict,
-            RelayMessage::AnnounceTxs(_) => MessageKind::AnnounceTxs,
-            RelayMessage::RequestTxs(_) => MessageKind::RequestTxs,
+            RelayMessage::AnnounceTxs(_) | RelayMessage::AnnounceTx(_) => MessageKind::AnnounceTxs,
+            RelayMessage::RequestTxs(_) | RelayMessage::RequestTx(_) => MessageKind::RequestTxs,
             RelayMessage::TxsNotFound(_) => MessageKind::TxsNotFound,
         }
     }
@@ -100,7 +100,7 @@ impl MessageKind {
 pub struct MessageCounter {
     /// Messages.
     pub messages: u64,
-    /// Bytes, including the 4-byte frame header.
+    /// Bytes, including the varint frame header.
     pub bytes: u64,
 }
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use libp2p::StreamProtocol;
 use libp2p_stream::{Control, IncomingStreams};
 use playergold_chain::Blockchain;
-use playergold_net::framing::FRAME_HEADER_LEN;
+use playergold_net::framing::framed_len;
 use playergold_net::{NetworkEvent, NetworkHandle, PeerId};
 use playergold_primitives::BlockHash;
 use playergold_primitives::codec;
@@ -288,7 +288,7 @@ impl Owner {
                 };
                 let payload = codec::encode(&msg);
                 self.sent
-                    .record(MessageKind::of(&msg), payload.len() + FRAME_HEADER_LEN);
+                    .record(MessageKind::of(&msg), framed_len(payload.len()));
                 permit.send(payload);
             }
         }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use futures::{AsyncWriteExt, StreamExt};
 use libp2p::{Stream, StreamProtocol};
 use libp2p_stream::{Control, IncomingStreams, OpenStreamError};
-use playergold_net::framing::{FRAME_HEADER_LEN, FrameError, read_frame, write_frame};
+use playergold_net::framing::{FrameError, framed_len, read_frame, write_frame};
 use playergold_net::{NetworkHandle, PeerId};
 use playergold_primitives::codec;
 use playergold_protocol::sync::{RequestId, SyncRequest, SyncResponse};
@@ -134,9 +134,7 @@ impl Attempt {
             FrameError::Io(io) if io.kind() == ErrorKind::ConnectionReset => {
                 Attempt::Dropped(io.to_string())
             }
-            e @ FrameError::TooLarge { .. } => {
-                Attempt::Failed(RequestFailure::Malformed(e.to_string()))
-            }
+            e if e.is_peer_fault() => Attempt::Failed(RequestFailure::Malformed(e.to_string())),
             e => Attempt::Failed(RequestFailure::Stream(e.to_string())),
         }
     }
@@ -168,7 +166,7 @@ async fn exchange(
         .await
         .map_err(Attempt::from_io)?;
     let _ = stream.close().await;
-    let bytes = frame.len() + FRAME_HEADER_LEN;
+    let bytes = framed_len(frame.len());
     let response = codec::decode::<SyncResponse>(&frame)
         .map_err(|e| Attempt::Failed(RequestFailure::Malformed(e.to_string())))?;
     Ok((response, bytes))
@@ -256,7 +254,7 @@ async fn serve_stream(peer: PeerId, mut stream: Stream, to_owner: mpsc::Sender<I
     .await
     {
         Ok(Ok(frame)) => frame,
-        Ok(Err(e @ FrameError::TooLarge { .. })) => {
+        Ok(Err(e)) if e.is_peer_fault() => {
             let error = e.to_string();
             let _ = to_owner.send(Inbound::Malformed { peer, error }).await;
             return;
@@ -264,7 +262,7 @@ async fn serve_stream(peer: PeerId, mut stream: Stream, to_owner: mpsc::Sender<I
         // The stream failed or the peer said nothing in time: nothing to answer.
         Ok(Err(_)) | Err(_) => return,
     };
-    let bytes = frame.len() + FRAME_HEADER_LEN;
+    let bytes = framed_len(frame.len());
     let request = match codec::decode::<SyncRequest>(&frame) {
         Ok(request) => request,
         Err(e) => {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use libp2p::{Multiaddr, StreamProtocol};
 use libp2p_stream::IncomingStreams;
 use playergold_chain::{BatchImport, Blockchain, ChainBackend, ImportOutcome};
-use playergold_net::framing::FRAME_HEADER_LEN;
+use playergold_net::framing::framed_len;
 use playergold_net::{NetworkEvent, NetworkHandle, PeerId};
 use playergold_primitives::codec;
 use playergold_primitives::{Block, BlockHash, TimestampMs};
@@ -339,7 +339,7 @@ impl Owner {
     fn send_request(&mut self, peer: PeerId, tag: Tag, request: &SyncRequest) {
         let payload = codec::encode(request);
         self.counters.requests_sent += 1;
-        self.counters.bytes_out += (payload.len() + FRAME_HEADER_LEN) as u64;
+        self.counters.bytes_out += framed_len(payload.len()) as u64;
         self.tasks.spawn(request_task(
             self.network.clone(),
             self.protocol.clone(),
@@ -548,7 +548,7 @@ impl Owner {
                 };
                 let response = self.server.serve(now, peer, request, &self.view);
                 let payload = codec::encode(&response);
-                self.counters.bytes_out += (payload.len() + FRAME_HEADER_LEN) as u64;
+                self.counters.bytes_out += framed_len(payload.len()) as u64;
                 // Fails only if the reader gave up.
                 let _ = reply.send(payload);
                 if let Some(status) = pushed {

@@ -13,7 +13,7 @@ use libp2p::{PeerId, Stream};
 use playergold_chain::{Blockchain, ChainBackend};
 use playergold_net::NetworkEvent;
 use playergold_net::NetworkName;
-use playergold_net::framing::{read_frame, write_frame};
+use playergold_net::framing::{FrameHeader, read_frame, write_frame};
 use playergold_net::testnet::TEST_NETWORK;
 use playergold_primitives::{
     Amount, Block, BlockHash, Height, Keypair, TimestampMs, Transaction, TxId, codec,
@@ -627,7 +627,7 @@ const RSS_BOUND: u64 = 64 * 1024 * 1024;
 /// node resets the stream as soon as it reads the header).
 async fn oversized(stream: &mut Stream, len: u32) {
     let write = async {
-        stream.write_all(&len.to_be_bytes()).await?;
+        stream.write_all(FrameHeader::new(len).as_bytes()).await?;
         stream.write_all(&vec![0x5a; TAIL]).await?;
         stream.flush().await
     };

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use playergold_chain::ChainBackend;
-use playergold_net::framing::write_frame;
+use playergold_net::framing::{FrameHeader, write_frame};
 use playergold_primitives::codec;
 use playergold_protocol::Capabilities;
 use playergold_protocol::relay::{Fanout, InvItem, Offence, PropagationConfig, RelayMessage};
@@ -289,8 +289,8 @@ async fn a_frame_that_does_not_decode_costs_the_sender_its_connection() {
     let mut liar = RawPeer::spawn(&devnet, 92).await;
     let (mut to_a, _from_a) = liar.connect(&a).await;
     a.wait_relay_peers(1, SETUP).await;
-    let too_long = (MAX_FRAME_SIZE.bytes() + 1).to_be_bytes();
-    futures::AsyncWriteExt::write_all(&mut to_a, &too_long)
+    let too_long = FrameHeader::new(MAX_FRAME_SIZE.bytes() + 1);
+    futures::AsyncWriteExt::write_all(&mut to_a, too_long.as_bytes())
         .await
         .expect("write");
     futures::AsyncWriteExt::flush(&mut to_a)
