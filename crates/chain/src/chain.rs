@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 use playergold_primitives::{
-    Block, BlockHash, BlockHeader, Genesis, Height, Keypair, MAX_BLOCK_TXS, SignatureError,
+    Block, BlockHash, BlockHeader, Genesis, Hash32, Height, Keypair, MAX_BLOCK_TXS, SignatureError,
     TimestampMs, Transaction, TxId, Work, merkle_root, verify_batch,
 };
 
@@ -31,6 +31,46 @@ const MAX_VERIFY_THREADS: usize = 4;
 /// Fewest signatures worth a thread of their own (a thread costs tens of microseconds to start,
 /// a signature about 40).
 const MIN_SIGNATURES_PER_THREAD: usize = 16;
+
+/// Signatures remembered as checked ahead of submission ([`Blockchain::preverify`]): several
+/// seconds of a fast flow. 32 bytes each, about 2 MiB when full.
+pub(crate) const PREVERIFIED_CAPACITY: usize = 65_536;
+
+/// Transactions whose exact signature was checked ahead of submission (by the relay's readers,
+/// each on its own peer's frames, in parallel), so that the mempool's check is a lookup. Keyed
+/// by a hash of the id and the signature: a copy of a checked transaction with another
+/// signature is checked again. Bounded, oldest first out.
+#[derive(Debug, Default)]
+struct Preverified {
+    keys: HashSet<[u8; 32]>,
+    order: std::collections::VecDeque<[u8; 32]>,
+}
+
+impl Preverified {
+    fn key(id: &TxId, tx: &Transaction) -> [u8; 32] {
+        let mut bytes = [0u8; 96];
+        bytes[..32].copy_from_slice(&id.0);
+        bytes[32..].copy_from_slice(&tx.signature.0);
+        Hash32::digest(&bytes).0
+    }
+
+    fn insert(&mut self, key: [u8; 32]) {
+        if self.keys.insert(key) {
+            self.order.push_back(key);
+            if self.order.len() > PREVERIFIED_CAPACITY
+                && let Some(old) = self.order.pop_front()
+            {
+                self.keys.remove(&old);
+            }
+        }
+    }
+
+    /// Whether `key` was checked; forgets it (a transaction is submitted once).
+    fn take(&mut self, key: &[u8; 32]) -> bool {
+        // Its place in `order` stays until it is evicted: harmless, as `keys` no longer holds it.
+        self.keys.remove(key)
+    }
+}
 
 /// Why a block was refused. [`ImportError::is_peer_fault`] tells the network layer whether the
 /// sender is to blame.
@@ -275,6 +315,7 @@ pub struct Blockchain {
     store: ChainStore,
     state: Mutex<State>,
     block_min_tx_age: std::time::Duration,
+    preverified: Mutex<Preverified>,
 }
 
 impl std::fmt::Debug for Blockchain {
@@ -310,6 +351,7 @@ impl Blockchain {
             consensus,
             store,
             block_min_tx_age: config.block_min_tx_age,
+            preverified: Mutex::new(Preverified::default()),
             state: Mutex::new(State {
                 index,
                 best_chain,
@@ -317,6 +359,33 @@ impl Blockchain {
                 mempool: Mempool::new(config.mempool),
             }),
         })
+    }
+
+    /// Checks the signatures of `txs` not in the mempool yet, in one batch on this thread, and
+    /// remembers the valid ones so that their submission does not check them again. Meant for
+    /// the threads that read peers' frames: each checks its own peer's transactions, in
+    /// parallel, before the one task that submits them sees them. Returns how many verified.
+    pub fn preverify(&self, txs: &[Transaction]) -> usize {
+        let fresh: Vec<(TxId, &Transaction)> = {
+            let st = self.state.lock();
+            txs.iter()
+                .map(|tx| (tx.id(), tx))
+                .filter(|(id, _)| !st.mempool.contains(id))
+                .collect()
+        };
+        let refs: Vec<&Transaction> = fresh.iter().map(|(_, tx)| *tx).collect();
+        let valid = verify_chunk(&refs);
+        let keys: Vec<[u8; 32]> = fresh
+            .iter()
+            .zip(valid)
+            .filter(|(_, ok)| *ok)
+            .map(|((id, tx), _)| Preverified::key(id, tx))
+            .collect();
+        let mut cache = self.preverified.lock();
+        for key in &keys {
+            cache.insert(*key);
+        }
+        keys.len()
     }
 
     /// The underlying store (for the network layer's auxiliary records).
@@ -852,13 +921,30 @@ impl ChainBackend for Blockchain {
                 check_form(tx, now)
             })
             .collect();
+        // Signatures checked ahead (`preverify`) are not checked again.
+        let known: Vec<bool> = {
+            let mut cache = self.preverified.lock();
+            txs.iter()
+                .zip(&ids)
+                .zip(&checked)
+                .map(|((tx, id), c)| c.is_ok() && cache.take(&Preverified::key(id, tx)))
+                .collect()
+        };
         let to_verify: Vec<&Transaction> = txs
             .iter()
             .zip(&checked)
-            .filter(|(_, c)| c.is_ok())
-            .map(|(tx, _)| tx)
+            .zip(&known)
+            .filter(|((_, c), known)| c.is_ok() && !**known)
+            .map(|((tx, _), _)| tx)
             .collect();
-        let mut valid = verify_parallel(&to_verify).into_iter();
+        let mut checks = verify_parallel(&to_verify).into_iter();
+        let mut valid = known
+            .iter()
+            .zip(&checked)
+            .filter(|(_, c)| c.is_ok())
+            .map(|(known, _)| *known || checks.next() == Some(true))
+            .collect::<Vec<bool>>()
+            .into_iter();
         let signed: Vec<Result<usize, MempoolError>> = checked
             .into_iter()
             .zip(&ids)
@@ -919,7 +1005,9 @@ impl ChainBackend for Blockchain {
 /// is checked one by one to find the bad signatures: a peer that mixes forgeries into its batches
 /// only costs us the single-check rate, never a wrong verdict.
 fn verify_parallel(txs: &[&Transaction]) -> Vec<bool> {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // Asked once: the answer reads cgroup files, a cost per call far above a signature's.
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let cores = *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let threads = cores
         .min(MAX_VERIFY_THREADS)
         .min(txs.len() / MIN_SIGNATURES_PER_THREAD)
@@ -928,18 +1016,20 @@ fn verify_parallel(txs: &[&Transaction]) -> Vec<bool> {
         return verify_chunk(txs);
     }
     let per_thread = txs.len().div_ceil(threads);
+    let mut chunks = txs.chunks(per_thread);
+    // The calling thread checks the first chunk itself: one thread fewer to start per batch.
+    let first = chunks.next().unwrap_or_default();
     std::thread::scope(|scope| {
-        let handles: Vec<_> = txs
-            .chunks(per_thread)
-            .map(|chunk| scope.spawn(move || verify_chunk(chunk)))
+        let handles: Vec<_> = chunks
+            .map(|chunk| (chunk.len(), scope.spawn(move || verify_chunk(chunk))))
             .collect();
-        handles
-            .into_iter()
+        let mut out = verify_chunk(first);
+        for (len, handle) in handles {
             // A verifying thread cannot panic (`verify` returns errors); if one did, its
             // transactions count as unverified rather than taking the node down.
-            .flat_map(|h| h.join().unwrap_or_else(|_| vec![false; per_thread]))
-            .take(txs.len())
-            .collect()
+            out.extend(handle.join().unwrap_or_else(|_| vec![false; len]));
+        }
+        out
     })
 }
 
@@ -953,4 +1043,24 @@ fn verify_chunk(txs: &[&Transaction]) -> Vec<bool> {
         return vec![true; txs.len()];
     }
     txs.iter().map(|tx| tx.verify().is_ok()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signatures_checked_ahead_stay_bounded_and_are_taken_once() {
+        let mut cache = Preverified::default();
+        let key = |i: usize| Hash32::digest(&i.to_le_bytes()).0;
+        for i in 0..PREVERIFIED_CAPACITY + 100 {
+            cache.insert(key(i));
+        }
+        assert_eq!(cache.keys.len(), PREVERIFIED_CAPACITY);
+        assert_eq!(cache.order.len(), PREVERIFIED_CAPACITY);
+        assert!(!cache.take(&key(0)), "the oldest went first");
+        let newest = key(PREVERIFIED_CAPACITY + 99);
+        assert!(cache.take(&newest));
+        assert!(!cache.take(&newest), "taken once");
+    }
 }

@@ -48,10 +48,11 @@ pub enum SignatureError {
 /// An ed25519 public key that is a valid, non-weak point.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct PublicKey {
-    /// The parsed point (parsing and the weak-key check are dalek's).
+    /// The parsed point (parsing and the weak-key check are dalek's). Verification is
+    /// ZIP-215's (ed25519-zebra), which takes the key as bytes: a batch decompresses each key
+    /// itself, so keeping a second decompressed copy here would cost every decoded key a
+    /// decompression (a fifth of a signature check) that batches never use.
     key: ed25519_dalek::VerifyingKey,
-    /// The same key, decompressed once, for ZIP-215 verification.
-    zip215: ed25519_zebra::VerificationKey,
 }
 
 impl std::hash::Hash for PublicKey {
@@ -72,11 +73,7 @@ impl PublicKey {
     }
 
     fn from_dalek(key: ed25519_dalek::VerifyingKey) -> PublicKey {
-        // Every point dalek decompresses, ZIP-215 decompresses too (it also accepts
-        // non-canonical encodings, a superset).
-        let zip215 = ed25519_zebra::VerificationKey::try_from(key.to_bytes())
-            .unwrap_or_else(|_| unreachable!("a point dalek parsed is a ZIP-215 point"));
-        PublicKey { key, zip215 }
+        PublicKey { key }
     }
 
     /// The compressed point.
@@ -96,8 +93,10 @@ impl PublicKey {
     /// same rule as [`verify_batch`].
     pub fn verify(&self, msg: &[u8], sig: &Signature) -> Result<(), SignatureError> {
         let sig = ed25519_zebra::Signature::from_bytes(&sig.0);
-        self.zip215
-            .verify(&sig, msg)
+        // Every point dalek decompresses, ZIP-215 decompresses too (it also accepts
+        // non-canonical encodings, a superset), so this fails only with the signature.
+        ed25519_zebra::VerificationKey::try_from(self.key.to_bytes())
+            .and_then(|key| key.verify(&sig, msg))
             .map_err(|_| SignatureError::Invalid)
     }
 

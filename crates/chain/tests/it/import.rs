@@ -389,3 +389,38 @@ fn a_forged_copy_of_a_mempool_transaction_in_a_block_is_still_refused() {
     chain.import_block(good, now()).expect("valid");
     assert!(!chain.mempool_contains(&t.id()));
 }
+
+/// Signatures checked ahead by the relay's readers (`preverify`) change no verdict: a forged
+/// copy of a checked transaction (same id, another signature) is still refused, a forgery
+/// checked ahead is not remembered, and a transaction checked ahead is accepted once.
+#[test]
+fn signatures_checked_ahead_change_no_verdict() {
+    let net = Devnet::new(1);
+    let ahead = net.open("ahead.redb");
+    let single = net.open("single.redb");
+    let a = tx(1, 0, 5);
+    let b = tx(2, 0, 5);
+    let c = tx(3, 0, 5);
+    let seen = vec![a.clone(), forged(&a), forged(&c), c.clone(), b.clone()];
+    assert_eq!(ahead.preverify(&seen), 3, "the three valid signatures");
+    let batch = vec![
+        forged(&a),
+        a.clone(),
+        forged(&c),
+        c.clone(),
+        b.clone(),
+        a.clone(),
+        forged(&b),
+    ];
+    let at = now();
+    let one_by_one: Vec<_> = batch
+        .iter()
+        .map(|t| single.submit_transaction(t.clone(), at))
+        .collect();
+    assert_eq!(ahead.submit_transactions(batch, at), one_by_one);
+    assert_eq!(one_by_one[0], Err(MempoolError::BadSignature(a.id())));
+    assert_eq!(one_by_one[1], Ok(a.id()));
+    assert_eq!(one_by_one[5], Err(MempoolError::AlreadyKnown(a.id())));
+    // Pooled transactions are not checked ahead again.
+    assert_eq!(ahead.preverify(&[a, b, c]), 0);
+}

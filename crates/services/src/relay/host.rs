@@ -96,6 +96,11 @@ impl ChainHost {
         }
     }
 
+    /// The chain.
+    pub(crate) fn chain(&self) -> &Arc<Blockchain> {
+        &self.chain
+    }
+
     /// Why the last refused transaction was refused.
     pub(crate) fn take_tx_error(&mut self) -> String {
         self.last_tx_error

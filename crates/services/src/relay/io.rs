@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use futures::{AsyncWriteExt, StreamExt};
 use libp2p::{Stream, StreamProtocol};
 use libp2p_stream::{Control, IncomingStreams, OpenStreamError};
+use playergold_chain::Blockchain;
 use playergold_net::PeerId;
 use playergold_net::framing::{MaxFrameSize, framed_len, read_frame, write_frame};
 use playergold_primitives::codec::{self, WireDecode};
@@ -84,6 +85,7 @@ pub(crate) async fn accept_loop(
     mut incoming: IncomingStreams,
     to_owner: mpsc::Sender<Inbound>,
     budget: Arc<Semaphore>,
+    chain: Arc<Blockchain>,
 ) {
     let mut readers = JoinSet::new();
     let mut by_peer: HashMap<PeerId, AbortHandle> = HashMap::new();
@@ -92,7 +94,13 @@ pub(crate) async fn accept_loop(
             next = incoming.next() => {
                 let Some((peer, stream)) = next else { return };
                 by_peer.retain(|_, h| !h.is_finished());
-                let reader = readers.spawn(read_loop(peer, stream, to_owner.clone(), budget.clone()));
+                let reader = readers.spawn(read_loop(
+                    peer,
+                    stream,
+                    to_owner.clone(),
+                    budget.clone(),
+                    chain.clone(),
+                ));
                 if let Some(old) = by_peer.insert(peer, reader) {
                     old.abort();
                 }
@@ -107,6 +115,7 @@ async fn read_loop(
     mut stream: Stream,
     to_owner: mpsc::Sender<Inbound>,
     budget: Arc<Semaphore>,
+    chain: Arc<Blockchain>,
 ) {
     let malformed = |error: String| Inbound::Malformed { peer, error };
     let hello = match read_frame(&mut stream, HELLO_FRAME_SIZE).await {
@@ -149,6 +158,7 @@ async fn read_loop(
             }
         };
         drop(frame);
+        let msg = preverify(msg, &chain).await;
         // A frame is at most MAX_FRAME_SIZE (< INBOUND_BUFFER_BYTES), so it always fits once
         // earlier messages are handled. Fails only when the owner is gone.
         let permits = u32::try_from(bytes).unwrap_or(u32::MAX);
@@ -164,6 +174,37 @@ async fn read_loop(
         if to_owner.send(message).await.is_err() {
             return;
         }
+    }
+}
+
+/// Transactions in a frame at most for their signatures to be checked on the reader's own task;
+/// a larger batch (a few ms of work) goes to the blocking pool, off the runtime's workers.
+const INLINE_PREVERIFY: usize = 8;
+
+/// Checks the signatures of the transactions in `msg` here, on this peer's reader, so that the
+/// owner task, which submits every peer's transactions one batch at a time, finds them checked
+/// ([`Blockchain::preverify`]): the checks of different peers' frames run in parallel, on every
+/// core. Judging stays with the owner: an invalid signature is simply not remembered.
+async fn preverify(msg: RelayMessage, chain: &Arc<Blockchain>) -> RelayMessage {
+    match msg {
+        RelayMessage::Transactions(txs) if txs.len() > INLINE_PREVERIFY => {
+            let chain = chain.clone();
+            let checked = tokio::task::spawn_blocking(move || {
+                chain.preverify(&txs);
+                txs
+            })
+            .await;
+            match checked {
+                Ok(txs) => RelayMessage::Transactions(txs),
+                // The blocking pool is shutting down (the runtime stops): nothing to submit.
+                Err(_) => RelayMessage::Transactions(Vec::new()),
+            }
+        }
+        RelayMessage::Transactions(txs) => {
+            chain.preverify(&txs);
+            RelayMessage::Transactions(txs)
+        }
+        other => other,
     }
 }
 

@@ -142,7 +142,12 @@ impl Owner {
     pub(crate) async fn run(mut self) {
         if let Some(incoming) = self.incoming.take() {
             let budget = self.inbound_budget.clone();
-            let acceptor = accept_loop(incoming, self.inbound_tx.clone(), budget);
+            let acceptor = accept_loop(
+                incoming,
+                self.inbound_tx.clone(),
+                budget,
+                self.host.chain().clone(),
+            );
             self.tasks
                 .spawn(acceptor.instrument(tracing::Span::current()));
         }
