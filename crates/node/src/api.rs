@@ -9,6 +9,7 @@
 //!  GET  /api/v1/chain?limit=N         ChainView: the tip and the newest blocks
 //!  GET  /api/v1/peers                 [PeerView]: connected peers
 //!  POST /api/v1/peers {"addr": MA}    dial MA (with /p2p/<id> to authenticate it) ──► PeerView
+//!                                     (404 if the peer left at once)
 //!  DELETE /api/v1/peers/{peer_id}     disconnect
 //!  GET  /api/v1/bans                  [BanView]; POST {"peer_id", "duration_secs"} bans
 //!  DELETE /api/v1/bans/{peer_id}      lifts a ban
@@ -70,6 +71,8 @@ pub(crate) struct ApiState {
     pub(crate) reputation: ReputationHandle,
     /// `devnet.json` of the devnet this node belongs to, if any.
     pub(crate) devnet_file: Option<std::path::PathBuf>,
+    /// Addresses the operator declared peers can reach us on (`external_addrs`).
+    pub(crate) external_addrs: Vec<Multiaddr>,
     /// The node's metrics.
     pub(crate) metrics: Arc<NodeMetrics>,
     /// Becomes `true` when the node starts shutting down; `/health` then answers 503.
@@ -314,8 +317,11 @@ pub(crate) struct StatusResponse {
     pub(crate) sync_target_height: Height,
     /// `healthy`, `degraded` or `partitioned`.
     pub(crate) network_state: String,
-    /// Addresses peers can reach us on.
+    /// Addresses we listen on.
     pub(crate) listen_addrs: Vec<String>,
+    /// Addresses the operator declared peers can reach us on (behind NAT or a proxy); what the
+    /// node advertises besides `listen_addrs`.
+    pub(crate) external_addrs: Vec<String>,
 }
 
 async fn status(State(state): State<Arc<ApiState>>) -> Result<Json<StatusResponse>, ApiError> {
@@ -328,6 +334,11 @@ async fn status(State(state): State<Arc<ApiState>>) -> Result<Json<StatusRespons
         .network
         .listen_addrs()
         .await?
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let external_addrs = state
+        .external_addrs
         .iter()
         .map(ToString::to_string)
         .collect();
@@ -349,6 +360,7 @@ async fn status(State(state): State<Arc<ApiState>>) -> Result<Json<StatusRespons
                     sync_target_height: progress.target_height,
                     network_state: network_state.to_string(),
                     listen_addrs,
+                    external_addrs,
                 }
             })
             .await?,
@@ -571,13 +583,25 @@ pub(crate) struct ConnectRequest {
 async fn connect_peer(
     State(state): State<Arc<ApiState>>,
     body: Result<Json<ConnectRequest>, JsonRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<PeerView>, ApiError> {
     let Json(req) = body?;
     let addr: Multiaddr = req.addr.parse().map_err(|e| {
         ApiError::BadRequest(format!("addr {:?} is not a multiaddr: {e}", req.addr))
     })?;
     let peer = state.network.connect(addr).await?;
-    Ok(Json(serde_json::json!({ "peer_id": peer.to_string() })))
+    state
+        .network
+        .peers()
+        .await?
+        .into_iter()
+        .find(|p| p.peer == peer)
+        .map(|p| Json(PeerView::from(p)))
+        .ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "peer {peer} connected but left at once (it may have refused us, or been \
+                 evicted); see the node's log"
+            ))
+        })
 }
 
 async fn disconnect_peer(

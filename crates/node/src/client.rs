@@ -64,6 +64,9 @@ pub(crate) fn status(args: ApiArgs, json: bool) -> anyhow::Result<()> {
     println!("sync           {}", s.sync_state);
     println!("network state  {}", s.network_state);
     println!("listening on   {}", s.listen_addrs.join(", "));
+    if !s.external_addrs.is_empty() {
+        println!("external       {}", s.external_addrs.join(", "));
+    }
     Ok(())
 }
 

@@ -24,10 +24,10 @@ use playergold_primitives::{
     UnsignedTransaction,
 };
 use playergold_protocol::relay::PropagationConfig;
-use playergold_protocol::reputation::{Reason, ReputationConfig};
+use playergold_protocol::reputation::ReputationConfig;
 use playergold_services::{
-    RelayError, RelayHandle, RelayService, RelayServiceEvent, ReputationHandle, ReputationService,
-    SyncEvent, SyncHandle, SyncService, SyncServiceConfig,
+    RelayError, RelayHandle, RelayService, RelayServiceEvent, ReputationService, SyncHandle,
+    SyncService, SyncServiceConfig, forward_reports,
 };
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::broadcast;
@@ -184,6 +184,7 @@ pub(crate) fn run(args: NodeArgs, json: bool) -> anyhow::Result<()> {
             relay.subscribe(),
             sync.subscribe(),
             reputation.clone(),
+            Arc::default(),
         ));
         let (stop_tx, stop_rx) = watch::channel(false);
         let stop = stop_requested(args.seconds)?;
@@ -211,6 +212,7 @@ pub(crate) fn run(args: NodeArgs, json: bool) -> anyhow::Result<()> {
                     .parent()
                     .map(|dir| dir.join(crate::devnet::DEVNET_FILE))
                     .filter(|file| file.exists()),
+                external_addrs: config.external_addrs.clone(),
                 metrics: metrics.clone(),
                 shutdown: stop_rx.clone(),
             },
@@ -334,42 +336,6 @@ enum NodeEvent<'a> {
 fn print_event(event: &NodeEvent<'_>) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string(event)?);
     Ok(())
-}
-
-/// Feeds what the relay and sync saw peers do into their reputation.
-async fn forward_reports(
-    mut relay: broadcast::Receiver<RelayServiceEvent>,
-    mut sync: broadcast::Receiver<SyncEvent>,
-    reputation: ReputationHandle,
-) {
-    loop {
-        let report = tokio::select! {
-            event = relay.recv() => match event {
-                Ok(RelayServiceEvent::Offence { peer, reason }) => Some((peer, reason)),
-                Ok(RelayServiceEvent::Delivered { peer }) => Some((peer, Reason::Delivered)),
-                Ok(_) => None,
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    tracing::warn!(missed = n, "reputation fell behind the relay's reports");
-                    None
-                }
-                Err(broadcast::error::RecvError::Closed) => return,
-            },
-            event = sync.recv() => match event {
-                Ok(SyncEvent::Penalty { peer, reason }) => Some((peer, reason)),
-                Ok(_) => None,
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    tracing::warn!(missed = n, "reputation fell behind sync's reports");
-                    None
-                }
-                Err(broadcast::error::RecvError::Closed) => return,
-            },
-        };
-        if let Some((peer, reason)) = report
-            && reputation.report(peer, reason).await.is_err()
-        {
-            return;
-        }
-    }
 }
 
 /// Resolves when the node should stop: SIGINT, SIGTERM, or `seconds` elapsed. Returns why.

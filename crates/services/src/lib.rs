@@ -42,7 +42,8 @@
 //! through the network handle, bans kept in the chain database across restarts.
 //!
 //! ```text
-//!  relay Offence/Delivered, sync Penalty, API ban/unban ─► ReputationHandle ─► owning task
+//!  relay Offence/Delivered, sync Penalty (forward_reports), API ban/unban ─► ReputationHandle
+//!     ─► owning task
 //!     Reputation<PeerId> ─► NetworkHandle::{set_score, disconnect, ban, ban_ip}
 //!                       └─► chain.redb aux "reputation/bans"
 //! ```
@@ -53,7 +54,7 @@ pub mod sync;
 
 pub use relay::{RelayError, RelayHandle, RelayService, RelayServiceEvent, RelayServiceMetrics};
 pub use reputation::{
-    BanEntry, PeerStanding, ReputationError, ReputationHandle, ReputationService,
+    BanEntry, PeerStanding, ReputationError, ReputationHandle, ReputationService, forward_reports,
 };
 pub use sync::{
     SyncError, SyncEvent, SyncHandle, SyncService, SyncServiceConfig, SyncServiceMetrics,

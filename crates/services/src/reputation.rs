@@ -18,6 +18,7 @@
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use playergold_chain::Blockchain;
@@ -28,6 +29,9 @@ use playergold_protocol::reputation::{
     Action, Ban, LogEntry, Reason, Reputation, ReputationConfig,
 };
 use serde::{Deserialize, Serialize};
+
+use crate::relay::RelayServiceEvent;
+use crate::sync::SyncEvent;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -491,6 +495,49 @@ impl Owner {
         match result {
             Ok(()) => self.saved = bans,
             Err(err) => tracing::warn!(%err, "cannot save the bans; will retry"),
+        }
+    }
+}
+
+/// Feeds what the relay and sync saw peers do into reputation: relay offences and useful
+/// deliveries, sync penalties. Runs until either stream closes or reputation stops; the node and
+/// every test that wires the services together run this one loop. The services never wait for
+/// it: reports it fell too far behind to read are counted in `missed` and logged.
+pub async fn forward_reports(
+    mut relay: broadcast::Receiver<RelayServiceEvent>,
+    mut sync: broadcast::Receiver<SyncEvent>,
+    reputation: ReputationHandle,
+    missed: Arc<AtomicU64>,
+) {
+    use broadcast::error::RecvError;
+    loop {
+        let report = tokio::select! {
+            event = relay.recv() => match event {
+                Ok(RelayServiceEvent::Offence { peer, reason }) => Some((peer, reason)),
+                Ok(RelayServiceEvent::Delivered { peer }) => Some((peer, Reason::Delivered)),
+                Ok(_) => None,
+                Err(RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "reputation fell behind the relay's reports");
+                    missed.fetch_add(n, Ordering::Relaxed);
+                    None
+                }
+                Err(RecvError::Closed) => return,
+            },
+            event = sync.recv() => match event {
+                Ok(SyncEvent::Penalty { peer, reason }) => Some((peer, reason)),
+                Ok(_) => None,
+                Err(RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "reputation fell behind sync's reports");
+                    missed.fetch_add(n, Ordering::Relaxed);
+                    None
+                }
+                Err(RecvError::Closed) => return,
+            },
+        };
+        if let Some((peer, reason)) = report
+            && reputation.report(peer, reason).await.is_err()
+        {
+            return;
         }
     }
 }

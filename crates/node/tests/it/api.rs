@@ -313,3 +313,43 @@ fn a_ban_set_through_the_cli_survives_a_restart_and_can_be_lifted() {
     let (status, _, _) = node.terminate();
     assert!(status.success());
 }
+
+/// `POST /api/v1/peers` dials the address given and answers the new peer's entry; `status`
+/// lists the external addresses the operator declared next to the listening ones.
+#[test]
+fn a_peer_added_through_the_api_is_answered_with_its_entry() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let net = dir.path().join("devnet");
+    // Two nodes of one devnet (one genesis), each started alone.
+    run_ok(
+        playergold()
+            .args(["devnet", "--init-only", "--nodes", "2", "--dir"])
+            .arg(&net),
+    );
+    let external = "/dns4/node-a.example/tcp/9000";
+    let a = RunningNode::start_with(
+        &net.join("node-0"),
+        &["--no-bootstrap", "--external-addr", external],
+    );
+    let b = RunningNode::start(&net.join("node-1"));
+    let (code, status_a) = http_json(&a.api, "GET", "/api/v1/status", None);
+    assert_eq!(code, 200, "{status_a}");
+    assert_eq!(status_a["external_addrs"], serde_json::json!([external]));
+    let (code, status_b) = http_json(&b.api, "GET", "/api/v1/status", None);
+    assert_eq!(code, 200, "{status_b}");
+    let b_id = status_b["peer_id"].as_str().expect("peer id").to_string();
+    let b_addr = status_b["listen_addrs"]
+        .as_array()
+        .and_then(|addrs| addrs.iter().find_map(|a| a.as_str()))
+        .expect("a listen address")
+        .to_string();
+    let body = serde_json::json!({ "addr": format!("{b_addr}/p2p/{b_id}") }).to_string();
+    let (code, peer) = http_json(&a.api, "POST", "/api/v1/peers", Some(&body));
+    assert_eq!(code, 200, "{peer}");
+    assert_eq!(peer["peer_id"], b_id.as_str());
+    assert!(
+        ["inbound", "outbound"].contains(&peer["direction"].as_str().unwrap_or_default()),
+        "{peer}"
+    );
+    assert!(peer["reputation"].is_i64(), "{peer}");
+}

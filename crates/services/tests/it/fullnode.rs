@@ -1,11 +1,13 @@
 //! A node with every service the binary runs on one network handle: relay, sync, reputation, and
-//! the report forwarding between them (what `playergold-node` does in `forward_reports`), so a
+//! the report forwarding between them (`playergold_services::forward_reports`, as the node), so a
 //! test sees the bans and disconnects reputation decides. Plus process-level helpers: the
 //! resident set size, and running one test alone in its own process so that a process-wide
 //! measurement sees that test and no other.
 
 use std::future::Future;
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use libp2p::PeerId;
@@ -13,8 +15,8 @@ use playergold_protocol::Capabilities;
 use playergold_protocol::relay::PropagationConfig;
 use playergold_protocol::reputation::{Reason, ReputationConfig};
 use playergold_services::{
-    RelayServiceEvent, ReputationHandle, ReputationService, SyncEvent, SyncHandle, SyncService,
-    SyncServiceConfig,
+    ReputationHandle, ReputationService, SyncEvent, SyncHandle, SyncService, SyncServiceConfig,
+    forward_reports,
 };
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
@@ -36,6 +38,8 @@ pub(crate) struct FullNode {
     pub(crate) reputation: ReputationHandle,
     reputation_task: JoinHandle<()>,
     forwarder: JoinHandle<()>,
+    /// Reports the forwarder fell too far behind to read: a test relying on them would be void.
+    missed_reports: Arc<AtomicU64>,
 }
 
 impl FullNode {
@@ -63,10 +67,12 @@ impl FullNode {
             Some(node.relay.subscribe()),
         )
         .expect("sync starts");
+        let missed_reports = Arc::new(AtomicU64::new(0));
         let forwarder = tokio::spawn(forward_reports(
             node.relay.subscribe(),
             sync.subscribe(),
             reputation.clone(),
+            missed_reports.clone(),
         ));
         FullNode {
             sync_events: sync.subscribe(),
@@ -76,6 +82,7 @@ impl FullNode {
             reputation,
             reputation_task,
             forwarder,
+            missed_reports,
         }
     }
 
@@ -146,49 +153,15 @@ impl FullNode {
         self.sync.shutdown().await.expect("sync stops");
         self.sync_task.await.expect("sync task ends");
         self.forwarder.abort();
-        if let Err(e) = self.forwarder.await
-            && e.is_panic()
-        {
-            // The forwarder lost reports: fail the test that relied on them.
-            std::panic::resume_unwind(e.into_panic());
-        }
+        let _ = self.forwarder.await;
+        assert_eq!(
+            self.missed_reports.load(Ordering::Relaxed),
+            0,
+            "the report forwarder lost reports: reputation would miss them"
+        );
         self.reputation.shutdown().await.expect("reputation stops");
         self.reputation_task.await.expect("reputation task ends");
         self.node.stop().await;
-    }
-}
-
-/// Feeds what the relay and sync saw peers do into reputation (as the node binary does).
-async fn forward_reports(
-    mut relay: broadcast::Receiver<RelayServiceEvent>,
-    mut sync: broadcast::Receiver<SyncEvent>,
-    reputation: ReputationHandle,
-) {
-    loop {
-        let report = tokio::select! {
-            event = relay.recv() => match event {
-                Ok(RelayServiceEvent::Offence { peer, reason }) => Some((peer, reason)),
-                Ok(RelayServiceEvent::Delivered { peer }) => Some((peer, Reason::Delivered)),
-                Ok(_) => None,
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    panic!("the report forwarder lost {n} relay events: reputation would miss them")
-                }
-                Err(broadcast::error::RecvError::Closed) => return,
-            },
-            event = sync.recv() => match event {
-                Ok(SyncEvent::Penalty { peer, reason }) => Some((peer, reason)),
-                Ok(_) => None,
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    panic!("the report forwarder lost {n} sync events: reputation would miss them")
-                }
-                Err(broadcast::error::RecvError::Closed) => return,
-            },
-        };
-        if let Some((peer, reason)) = report
-            && reputation.report(peer, reason).await.is_err()
-        {
-            return;
-        }
     }
 }
 
