@@ -523,11 +523,12 @@ async fn listen_events(
 ) {
     loop {
         match events.recv().await {
-            Ok(RelayServiceEvent::NewTransaction { id, .. }) => {
-                recorder.arrived(node, &id.0);
+            // Stamped by the relay when it accepted the item, as the gossipsub side records
+            // arrivals in the node's own task: this task reads the events later.
+            Ok(RelayServiceEvent::NewTransaction { id, at, .. }) => {
+                recorder.arrived_at(node, &id.0, at);
             }
-            Ok(RelayServiceEvent::NewBlock { hash, .. }) => {
-                let at = std::time::Instant::now();
+            Ok(RelayServiceEvent::NewBlock { hash, at, .. }) => {
                 recorder.arrived_at(node, &hash.0, at);
                 let txs = block_txs.lock().get(&hash).cloned().unwrap_or_default();
                 let mut via_block = 0;

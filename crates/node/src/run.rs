@@ -49,6 +49,13 @@ const API_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// the blocking pool (and the chain lock) per batch instead of per item under load.
 const PROPAGATION_BATCH: usize = 256;
 
+/// The wall-clock time of `at` (an instant in the past): what propagation delays are measured
+/// against, as items carry wall-clock timestamps.
+fn wall_clock(at: Instant) -> TimestampMs {
+    let ago = u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX);
+    TimestampMs(TimestampMs::now().0.saturating_sub(ago))
+}
+
 /// Arguments of `playergold node`.
 #[derive(clap::Args)]
 pub(crate) struct NodeArgs {
@@ -457,10 +464,13 @@ async fn observe_propagation(
                 Ok(RelayServiceEvent::NewBlock {
                     hash,
                     from: Some(_),
-                }) => batch.push((Item::Block(hash), TimestampMs::now())),
-                Ok(RelayServiceEvent::NewTransaction { id, from: Some(_) }) => {
-                    batch.push((Item::Tx(id), TimestampMs::now()))
-                }
+                    at,
+                }) => batch.push((Item::Block(hash), wall_clock(at))),
+                Ok(RelayServiceEvent::NewTransaction {
+                    id,
+                    from: Some(_),
+                    at,
+                }) => batch.push((Item::Tx(id), wall_clock(at))),
                 Ok(_) => {}
                 Err(broadcast::error::RecvError::Lagged(n)) => {
                     tracing::debug!(missed = n, "propagation delays not measured for some items");

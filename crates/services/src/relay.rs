@@ -28,7 +28,7 @@ mod metrics;
 mod task;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use libp2p::StreamProtocol;
 use libp2p_stream::AlreadyRegistered;
@@ -207,6 +207,8 @@ pub enum RelayServiceEvent {
         id: TxId,
         /// Who sent it (`None`: local).
         from: Option<PeerId>,
+        /// When the relay accepted it (subscribers may read the event later).
+        at: Instant,
     },
     /// A new block was imported.
     NewBlock {
@@ -214,6 +216,8 @@ pub enum RelayServiceEvent {
         hash: BlockHash,
         /// Who sent it (`None`: local).
         from: Option<PeerId>,
+        /// When its import completed (subscribers may read the event later).
+        at: Instant,
     },
     /// A block's parent is unknown: sync should fetch it from `peer`.
     MissingParent {

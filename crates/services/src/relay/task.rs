@@ -211,8 +211,17 @@ impl Owner {
         if self.engine.has_pending_imports() {
             // Outcomes reach the node as engine events; local blocks are imported by their
             // command.
-            self.engine
-                .run_pending_imports(Instant::now(), &mut self.host);
+            // An import (a couple of ms: the body's checks and the store's commit) leaves the
+            // worker thread's other tasks (the network, readers, writers) to another worker.
+            let (engine, host) = (&mut self.engine, &mut self.host);
+            let mut import = || engine.run_pending_imports(Instant::now(), host);
+            if tokio::runtime::Handle::current().runtime_flavor()
+                == tokio::runtime::RuntimeFlavor::MultiThread
+            {
+                tokio::task::block_in_place(import);
+            } else {
+                import();
+            }
             self.drain_events();
             self.pump();
         }
@@ -224,6 +233,7 @@ impl Owner {
     }
 
     fn drain_events(&mut self) {
+        let at = std::time::Instant::now();
         while let Some(event) = self.engine.poll_event() {
             let out = match event {
                 RelayEvent::Penalty { peer, offence } => RelayServiceEvent::Offence {
@@ -237,9 +247,11 @@ impl Owner {
                 }
                 RelayEvent::UsefulDelivery(peer) => RelayServiceEvent::Delivered { peer },
                 RelayEvent::NewTransaction { id, from } => {
-                    RelayServiceEvent::NewTransaction { id, from }
+                    RelayServiceEvent::NewTransaction { id, from, at }
                 }
-                RelayEvent::NewBlock { hash, from } => RelayServiceEvent::NewBlock { hash, from },
+                RelayEvent::NewBlock { hash, from } => {
+                    RelayServiceEvent::NewBlock { hash, from, at }
+                }
                 RelayEvent::MissingParent { hash, parent, peer } => {
                     RelayServiceEvent::MissingParent { hash, parent, peer }
                 }

@@ -670,6 +670,7 @@ impl Owner {
             RelayServiceEvent::NewBlock {
                 hash,
                 from: Some(peer),
+                ..
             } => {
                 // The peer has this block: a fresh look at its tip for the detector.
                 let chain = self.view.chain();
