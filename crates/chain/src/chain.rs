@@ -938,22 +938,18 @@ impl ChainBackend for Blockchain {
             .map(|((tx, _), _)| tx)
             .collect();
         let mut checks = verify_parallel(&to_verify).into_iter();
-        let mut valid = known
-            .iter()
-            .zip(&checked)
-            .filter(|(_, c)| c.is_ok())
-            .map(|(known, _)| *known || checks.next() == Some(true))
-            .collect::<Vec<bool>>()
-            .into_iter();
         let signed: Vec<Result<usize, MempoolError>> = checked
             .into_iter()
             .zip(&ids)
-            .map(|(c, id)| {
+            .zip(known)
+            .map(|((c, id), known)| {
                 let bytes = c?;
-                // One verdict per transaction that passed the form checks, in order.
-                match valid.next() {
-                    Some(true) => Ok(bytes),
-                    _ => Err(MempoolError::BadSignature(*id)),
+                // Checked ahead, or the batch's next verdict: one per transaction that passed the
+                // form checks and was not checked ahead, in order.
+                if known || checks.next() == Some(true) {
+                    Ok(bytes)
+                } else {
+                    Err(MempoolError::BadSignature(*id))
                 }
             })
             .collect();

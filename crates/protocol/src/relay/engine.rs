@@ -327,6 +327,21 @@ struct Wanted<P> {
     full: Option<TxId>,
 }
 
+impl Peer {
+    /// Queues an announcement of transaction `id` by its short id under the peer's salt, and
+    /// remembers it as announced; `false` (nothing queued) when the peer sent no salt.
+    fn announce_short(&mut self, id: TxId) -> bool {
+        let Some(short_ids) = &self.short_ids else {
+            return false;
+        };
+        let short = short_ids.of(&id);
+        self.known.insert(InvItem::Tx(id));
+        self.announced.insert(short, id);
+        self.pending_short.push(short);
+        true
+    }
+}
+
 impl<P: PeerKey> Wanted<P> {
     /// A wait whose first request goes to `peer` and is due by `deadline`.
     fn asking(peer: P, deadline: Instant, full: Option<TxId>) -> Self {
@@ -1882,31 +1897,25 @@ impl<P: PeerKey> RelayEngine<P> {
         let deadline = now + self.config.batch_delay;
         let batch = self.config.batch_size.max(1);
         let yield_until = now + self.config.announce_yield;
+        let may_yield = from.is_some() && !self.config.announce_yield.is_zero();
         for (i, peer) in targets.into_iter().enumerate() {
             let Some(p) = self.peers.get_mut(&peer) else {
                 continue;
             };
+            // One side of each link yields, so that the two announcements of a link do not
+            // cross. The origin has no one to yield to: all its peers lack the transaction.
             if i >= push
-                && let Some(short_ids) = &p.short_ids
+                && may_yield
+                && p.order.as_ref().is_some_and(|o| o.we_yield(&id))
+                && p.deferred.len() < MAX_DEFERRED_PER_PEER
             {
-                let theirs = short_ids.of(&id);
-                // One side of each link yields, so that the two announcements of a link do not
-                // cross. The origin has no one to yield to: all its peers lack the transaction.
-                if from.is_some()
-                    && p.order.as_ref().is_some_and(|o| o.we_yield(&id))
-                    && !self.config.announce_yield.is_zero()
-                    && p.deferred.len() < MAX_DEFERRED_PER_PEER
-                {
-                    p.deferred.push_back((yield_until, id));
-                    continue;
-                }
-                p.known.insert(item);
-                p.announced.insert(theirs, id);
-                p.pending_short.push(theirs);
-            } else if i < push {
+                p.deferred.push_back((yield_until, id));
+                continue;
+            }
+            if i < push {
                 p.known.insert(item);
                 p.pending_txs.push(tx.clone());
-            } else {
+            } else if !p.announce_short(id) {
                 p.known.insert(item);
                 p.pending_announce.push(item);
             }
@@ -1938,14 +1947,8 @@ impl<P: PeerKey> RelayEngine<P> {
                     self.metrics.announcements_yielded += 1;
                     continue;
                 }
-                let Some(short_ids) = &p.short_ids else {
-                    continue;
-                };
-                let short = short_ids.of(&id);
-                p.known.insert(item);
-                p.announced.insert(short, id);
-                p.pending_short.push(short);
-                any = true;
+                // Only peers with a salt have an announce order, so only they have yields.
+                any |= p.announce_short(id);
             }
             if any {
                 flush.push(*key);
