@@ -30,7 +30,7 @@ use tokio::task::JoinHandle;
 use crate::links::{link_delay, tcp_listen_addr};
 use crate::overlay::Overlay;
 use crate::prom;
-use crate::recorder::Recorder;
+use crate::recorder::{Recorder, imported_key};
 use crate::workload::derived_key;
 
 /// Network name of the bench chain (also part of every protocol id).
@@ -528,8 +528,13 @@ async fn listen_events(
             Ok(RelayServiceEvent::NewTransaction { id, at, .. }) => {
                 recorder.arrived_at(node, &id.0, at);
             }
-            Ok(RelayServiceEvent::NewBlock { hash, at, .. }) => {
+            Ok(RelayServiceEvent::BlockReceived { hash, at, .. }) => {
                 recorder.arrived_at(node, &hash.0, at);
+            }
+            Ok(RelayServiceEvent::NewBlock { hash, at, .. }) => {
+                // Received, if no earlier event said so (a block the relay did not rebuild).
+                recorder.arrived_at(node, &hash.0, at);
+                recorder.arrived_at(node, &imported_key(&hash.0), at);
                 let txs = block_txs.lock().get(&hash).cloned().unwrap_or_default();
                 let mut via_block = 0;
                 for id in txs {

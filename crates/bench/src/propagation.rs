@@ -36,7 +36,7 @@ use playergold_services::relay::MessageKind;
 use crate::gossip::{GossipError, GossipNet, Topic, payload_key};
 use crate::ours::{OursError, OursNet};
 use crate::overlay::Overlay;
-use crate::recorder::{Kind, Outcome, Recorder};
+use crate::recorder::{Kind, Outcome, Recorder, imported_key};
 use crate::report::{Report, RunConfig, SystemReport};
 use crate::rtt::{DEFAULT_RTT_FILE, RttError, RttMatrix};
 use crate::stats::KindReport;
@@ -263,6 +263,7 @@ async fn run_ours(
                 let size = block_len(&block);
                 let at = start.elapsed();
                 recorder.register(hash.0, Kind::Block, node, size);
+                recorder.register(imported_key(&hash.0), Kind::BlockImported, node, size);
                 if net.propagate_block(node, block.clone()).await.is_err() {
                     errors += 1;
                 }
@@ -327,6 +328,13 @@ async fn run_ours(
     let report = SystemReport {
         tx: summarise(&outcomes, bounds, Kind::Tx, bytes.tx, opts.nodes),
         block: summarise(&outcomes, bounds, Kind::Block, bytes.block, opts.nodes),
+        block_imported: Some(summarise(
+            &outcomes,
+            bounds,
+            Kind::BlockImported,
+            bytes.block,
+            opts.nodes,
+        )),
         compact_block_ratio: (full > 0).then(|| compact as f64 / full as f64),
         stream_bytes: bytes.stream,
         byte_attribution: "relay frames sent (varint header included) by message kind: \
@@ -422,7 +430,7 @@ async fn run_gossipsub(
             recorder.register(payload_key(&data), kind, node, data.len());
             let topic = match kind {
                 Kind::Tx => Topic::Tx,
-                Kind::Block => Topic::Block,
+                Kind::Block | Kind::BlockImported => Topic::Block,
             };
             net.publish(node, topic, data).await.is_err()
         });
@@ -482,6 +490,7 @@ async fn run_gossipsub(
             bytes.block_messages + control_block,
             opts.nodes,
         ),
+        block_imported: None,
         compact_block_ratio: None,
         stream_bytes: bytes.stream,
         byte_attribution: "all stream bytes during the workload: each topic's message bytes \

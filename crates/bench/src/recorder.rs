@@ -23,6 +23,18 @@ pub enum Kind {
     Tx,
     /// A block.
     Block,
+    /// A block counted when imported (body checked, committed to the store) rather than when
+    /// received; ours only, under [`imported_key`].
+    BlockImported,
+}
+
+/// The recorder key of a block's import, distinct from its hash (its reception).
+pub fn imported_key(hash: &ItemKey) -> ItemKey {
+    *blake3::Hasher::new()
+        .update(b"playergold-bench imported block")
+        .update(hash)
+        .finalize()
+        .as_bytes()
 }
 
 #[derive(Debug)]

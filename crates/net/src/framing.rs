@@ -168,23 +168,47 @@ where
     Ok(payload)
 }
 
-/// Writes one frame; a payload over `max` is refused before anything is written.
-pub async fn write_frame<W>(io: &mut W, payload: &[u8], max: MaxFrameSize) -> Result<(), FrameError>
-where
-    W: AsyncWrite + Unpin,
-{
-    let len = u32::try_from(payload.len())
+/// One whole frame, header and payload, ready to be written; a payload over `max` is refused.
+pub fn encode_frame(payload: &[u8], max: MaxFrameSize) -> Result<Vec<u8>, FrameError> {
+    let len = checked_len(payload, max)?;
+    let header = FrameHeader::new(len);
+    let mut frame = Vec::with_capacity(header.as_bytes().len() + payload.len());
+    frame.extend_from_slice(header.as_bytes());
+    frame.extend_from_slice(payload);
+    Ok(frame)
+}
+
+fn checked_len(payload: &[u8], max: MaxFrameSize) -> Result<u32, FrameError> {
+    u32::try_from(payload.len())
         .ok()
         .filter(|len| *len <= max.bytes())
         .ok_or(FrameError::TooLarge {
             announced: payload.len() as u64,
             limit: max.bytes(),
-        })?;
-    io.write_all(FrameHeader::new(len).as_bytes()).await?;
-    io.write_all(payload).await?;
+        })
+}
+
+/// Writes one frame; a payload over `max` is refused before anything is written.
+pub async fn write_frame<W>(io: &mut W, payload: &[u8], max: MaxFrameSize) -> Result<(), FrameError>
+where
+    W: AsyncWrite + Unpin,
+{
+    if payload.len() <= COALESCE_BYTES {
+        // One write: the multiplexer sends header and payload in one frame (and one TLS
+        // record), so the peer never holds a header while the payload is still on its way.
+        io.write_all(&encode_frame(payload, max)?).await?;
+    } else {
+        let len = checked_len(payload, max)?;
+        io.write_all(FrameHeader::new(len).as_bytes()).await?;
+        io.write_all(payload).await?;
+    }
     io.flush().await?;
     Ok(())
 }
+
+/// Payloads up to this size are copied behind their header and written at once; larger ones
+/// span several multiplexer frames anyway and are written after their header without a copy.
+const COALESCE_BYTES: usize = 64 * 1024;
 
 #[cfg(test)]
 mod tests {
@@ -211,6 +235,29 @@ mod tests {
             buf.set_position(0);
             prop_assert_eq!(block_on(read_frame(&mut buf, LIMIT)).expect("frame"), payload);
         }
+
+        /// A frame encoded whole is the bytes `write_frame` writes, and reads back.
+        #[test]
+        fn encoded_frames_are_written_frames(payload in proptest::collection::vec(any::<u8>(), 0..=16)) {
+            let frame = encode_frame(&payload, LIMIT).expect("fits");
+            prop_assert_eq!(frame.len(), framed_len(payload.len()));
+            let mut written = Cursor::new(Vec::new());
+            block_on(write_frame(&mut written, &payload, LIMIT)).expect("fits");
+            prop_assert_eq!(&frame, written.get_ref());
+            let mut buf = Cursor::new(frame);
+            prop_assert_eq!(block_on(read_frame(&mut buf, LIMIT)).expect("frame"), payload);
+        }
+    }
+
+    #[test]
+    fn a_payload_over_the_limit_is_not_encoded() {
+        assert!(matches!(
+            encode_frame(&[0; 17], LIMIT),
+            Err(FrameError::TooLarge {
+                announced: 17,
+                limit: 16
+            })
+        ));
     }
 
     const LIMIT: MaxFrameSize = MaxFrameSize::new(16);

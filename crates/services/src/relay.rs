@@ -16,11 +16,16 @@
 //!   [`WRITER_QUEUE_FRAMES`] encoded frames per writer. Frames leave the engine only while the
 //!   writer has room, so priorities apply until the last moment; a peer whose engine queue
 //!   overflows, or that takes longer than [`FRAME_WRITE_TIMEOUT`] to take one frame, is dropped.
+//!   When nothing waits for a peer's writer, the owner writes the frame into the stream itself
+//!   if the multiplexer takes it at once (its window has room), and hands the writer only what
+//!   it did not take: a relayed block then costs no hop through the writer task.
 //!
 //! The owning task calls the chain synchronously (signature checks, redb commits), so it runs on a
-//! blocking-pool thread of the runtime and never stalls the runtime's workers. Block imports come
-//! last in each turn: a block relayed on its valid header (the engine's BIP152-style relay) is
-//! handed to the writers first, so each hop adds a link delay, not an import.
+//! blocking-pool thread of the runtime and never stalls the runtime's workers. Each turn writes
+//! the frames first, then rebuilds compact blocks from the mempool (reported as
+//! [`RelayServiceEvent::BlockReceived`]), then imports: a block relayed on its valid header (the
+//! engine's BIP152-style relay) leaves before its body is rebuilt or checked, so each hop adds a
+//! link delay, not a rebuild and an import.
 
 mod host;
 mod io;
@@ -208,6 +213,16 @@ pub enum RelayServiceEvent {
         /// Who sent it (`None`: local).
         from: Option<PeerId>,
         /// When the relay accepted it (subscribers may read the event later).
+        at: Instant,
+    },
+    /// A peer's block is here whole under a valid header (rebuilt from its compact form, or
+    /// received in full); its import follows (`NewBlock`).
+    BlockReceived {
+        /// Its hash.
+        hash: BlockHash,
+        /// Who sent it.
+        from: PeerId,
+        /// When its body was complete (subscribers may read the event later).
         at: Instant,
     },
     /// A new block was imported.

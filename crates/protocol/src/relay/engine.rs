@@ -7,7 +7,8 @@
 //!
 //! Blocks are relayed before they are imported (BIP152's high-bandwidth mode): a compact block
 //! whose header checks out (linkage, producer, signature) is queued to every peer that lacks it
-//! at once, and its body import (every transaction signature, the store commit) is left pending.
+//! at once, and its body's rebuild from the mempool and its import (the transactions'
+//! signatures, the store commit) are left pending.
 //! An adapter that cares about latency uses the two-phase calls
 //! [`RelayEngine::handle_message_deferred`] / [`RelayEngine::propagate_new_block`], sends what
 //! [`RelayEngine::poll_transmit`] gives, and only then calls
@@ -188,6 +189,16 @@ pub enum RelayEvent<P> {
         id: TxId,
         /// Who sent it (`None`: local).
         from: Option<P>,
+    },
+    /// A peer's block is here whole (rebuilt from its compact form, or received in full) under
+    /// a header that checked out (linked, right producer, signed); its import follows, and
+    /// [`RelayEvent::NewBlock`] says when it succeeded. The moment a node has the block, as a
+    /// gossip layer that delivers before validation would report it.
+    BlockReceived {
+        /// Its hash.
+        hash: BlockHash,
+        /// Who sent it (the compact block's sender).
+        from: P,
     },
     /// A new block was imported.
     NewBlock {
@@ -411,6 +422,18 @@ enum Source {
     Local,
 }
 
+/// A compact block relayed on its valid header whose body is still to be rebuilt from the mempool
+/// (after the relayed frames have left: the rebuild maps every mempool transaction to its short
+/// id, a fraction of a millisecond that would otherwise delay every hop).
+#[derive(Debug)]
+struct PendingRebuild<P> {
+    hash: BlockHash,
+    cb: CompactBlock,
+    from: P,
+    /// Other peers that sent the same compact block meanwhile.
+    alternates: Vec<P>,
+}
+
 #[derive(Debug)]
 struct PendingImport<P> {
     hash: BlockHash,
@@ -454,6 +477,8 @@ pub struct RelayEngine<P: PeerKey> {
     /// Transactions announced to us by short id and not received yet.
     wanted_short: HashMap<TxShortId, Wanted<P>>,
     partials: HashMap<BlockHash, PartialBlock<P>>,
+    /// Compact blocks to rebuild in `run_pending_imports` (at most `MAX_PENDING_IMPORTS`).
+    pending_rebuilds: VecDeque<PendingRebuild<P>>,
     pending_imports: VecDeque<PendingImport<P>>,
     /// Outcomes of imports not yet returned by `run_pending_imports` (bounded by
     /// `MAX_PENDING_IMPORTS`: `handle_message` imports without returning them).
@@ -490,6 +515,7 @@ impl<P: PeerKey> RelayEngine<P> {
             peers: HashMap::new(),
             wanted: HashMap::new(),
             partials: HashMap::new(),
+            pending_rebuilds: VecDeque::new(),
             pending_imports: VecDeque::new(),
             settled: VecDeque::new(),
             waiters: BoundedMap::new(MAX_WAITED_BLOCKS),
@@ -716,14 +742,28 @@ impl<P: PeerKey> RelayEngine<P> {
         );
     }
 
-    /// Whether block imports wait for [`run_pending_imports`](Self::run_pending_imports).
+    /// Whether block rebuilds or imports wait for
+    /// [`run_pending_imports`](Self::run_pending_imports).
     pub fn has_pending_imports(&self) -> bool {
-        !self.pending_imports.is_empty()
+        !self.pending_rebuilds.is_empty() || !self.pending_imports.is_empty()
     }
 
-    /// Imports the blocks left pending by [`handle_message_deferred`](Self::handle_message_deferred)
-    /// and [`propagate_new_block`](Self::propagate_new_block), oldest first, and returns how every
-    /// import since the last call ended. Call it after sending what `poll_transmit` gives, so
+    /// Rebuilds the compact blocks left pending by
+    /// [`handle_message_deferred`](Self::handle_message_deferred), oldest first: a complete one
+    /// is reported ([`RelayEvent::BlockReceived`]) and waits for its import, an incomplete one
+    /// queues the request for its missing transactions. [`Self::run_pending_imports`] runs
+    /// them too; calling this first lets an adapter send those requests before the imports.
+    pub fn run_pending_rebuilds(&mut self, now: Instant, host: &mut impl RelayHost) {
+        while let Some(pending) = self.pending_rebuilds.pop_front() {
+            self.rebuild(now, pending, host);
+        }
+    }
+
+    /// Rebuilds the compact blocks and imports the blocks left pending by
+    /// [`handle_message_deferred`](Self::handle_message_deferred) and
+    /// [`propagate_new_block`](Self::propagate_new_block), oldest first, and returns how every
+    /// import since the last call ended. A rebuild that lacks transactions queues their request
+    /// (send what `poll_transmit` gives afterwards). Call it after sending what `poll_transmit` gives, so
     /// blocks relayed on their header leave before their bodies are checked.
     pub fn run_pending_imports(
         &mut self,
@@ -1131,7 +1171,8 @@ impl<P: PeerKey> RelayEngine<P> {
     }
 
     fn is_pending(&self, hash: &BlockHash) -> bool {
-        self.pending_imports.iter().any(|p| p.hash == *hash)
+        self.pending_rebuilds.iter().any(|p| p.hash == *hash)
+            || self.pending_imports.iter().any(|p| p.hash == *hash)
     }
 
     /// A block body the chain validated: recently imported here, or stored.
@@ -1398,7 +1439,31 @@ impl<P: PeerKey> RelayEngine<P> {
         // (see `import`); we never serve a body the chain has not validated.
         self.seen.insert(item);
         self.relay_compact(&cb, Some(peer));
-        // Rebuild from the mempool: map every mempool tx to its short id under this block.
+        if self.pending_rebuilds.len() >= MAX_PENDING_IMPORTS
+            && let Some(oldest) = self.pending_rebuilds.pop_front()
+        {
+            self.rebuild(now, oldest, host);
+        }
+        self.pending_rebuilds.push_back(PendingRebuild {
+            hash,
+            cb,
+            from: peer,
+            alternates: Vec::new(),
+        });
+    }
+
+    /// Rebuilds a relayed compact block from the mempool: complete, it waits for import;
+    /// otherwise the sender is asked for the missing transactions (or, with too many partial
+    /// blocks, for the full block).
+    fn rebuild(&mut self, now: Instant, pending: PendingRebuild<P>, host: &mut impl RelayHost) {
+        let PendingRebuild {
+            hash,
+            cb,
+            from: peer,
+            alternates,
+        } = pending;
+        let item = InvItem::Block(hash);
+        // Map every mempool tx to its short id under this block.
         let mut by_short: HashMap<ShortId, TxId> = HashMap::new();
         if !cb.short_ids.is_empty() {
             for id in host.mempool_ids() {
@@ -1425,7 +1490,7 @@ impl<P: PeerKey> RelayEngine<P> {
             header: cb.header,
             txs,
             from: peer,
-            alternates: Vec::new(),
+            alternates,
             deadline: now + self.config.request_timeout,
         };
         if missing.is_empty() {
@@ -1458,6 +1523,8 @@ impl<P: PeerKey> RelayEngine<P> {
         };
         if let Some(p) = self.partials.get_mut(&hash) {
             add(&mut p.alternates, Some(p.from));
+        } else if let Some(p) = self.pending_rebuilds.iter_mut().find(|p| p.hash == hash) {
+            add(&mut p.alternates, Some(p.from));
         } else if let Some(p) = self.pending_imports.iter_mut().find(|p| p.hash == hash) {
             add(&mut p.alternates, p.from);
         } else if let Some(w) = self.wanted.get_mut(&InvItem::Block(hash))
@@ -1483,6 +1550,10 @@ impl<P: PeerKey> RelayEngine<P> {
             header: partial.header,
             txs,
         };
+        self.events.push_back(RelayEvent::BlockReceived {
+            hash,
+            from: partial.from,
+        });
         self.queue_import(
             now,
             PendingImport {
@@ -1508,6 +1579,7 @@ impl<P: PeerKey> RelayEngine<P> {
     }
 
     fn import_pending(&mut self, now: Instant, host: &mut impl RelayHost) {
+        self.run_pending_rebuilds(now, host);
         while let Some(pending) = self.pending_imports.pop_front() {
             self.import(now, pending, host);
         }
@@ -1695,17 +1767,23 @@ impl<P: PeerKey> RelayEngine<P> {
                 self.metrics.block.duplicates += 1;
                 self.answer_waiters_if_settled(hash, host);
             }
-            HeaderVerdict::UnknownParent | HeaderVerdict::Valid => self.queue_import(
-                now,
-                PendingImport {
-                    hash,
-                    block,
-                    from: Some(peer),
-                    alternates,
-                    source: Source::Full,
-                },
-                host,
-            ),
+            verdict @ (HeaderVerdict::UnknownParent | HeaderVerdict::Valid) => {
+                if verdict == HeaderVerdict::Valid {
+                    self.events
+                        .push_back(RelayEvent::BlockReceived { hash, from: peer });
+                }
+                self.queue_import(
+                    now,
+                    PendingImport {
+                        hash,
+                        block,
+                        from: Some(peer),
+                        alternates,
+                        source: Source::Full,
+                    },
+                    host,
+                );
+            }
         }
     }
 
@@ -2545,11 +2623,17 @@ mod tests {
         assert!(sent(&mut engine, 1).is_empty());
         assert!(engine.has_pending_imports());
         assert!(!host.has_block(&hash), "imported before the relay left");
-        assert!(
-            !events(&mut engine)
-                .iter()
-                .any(|e| matches!(e, RelayEvent::NewBlock { .. }))
+        assert!(!events(&mut engine).iter().any(|e| matches!(
+            e,
+            RelayEvent::NewBlock { .. } | RelayEvent::BlockReceived { .. }
+        )));
+        // The rebuild from the mempool comes next, still before the import.
+        engine.run_pending_rebuilds(now, &mut host);
+        assert_eq!(
+            events(&mut engine),
+            vec![RelayEvent::BlockReceived { hash, from: 1 }]
         );
+        assert!(engine.has_pending_imports() && !host.has_block(&hash));
         // A peer asking for the body meanwhile waits for the import instead of a NotFound.
         engine.handle_message_deferred(
             now,
@@ -2612,6 +2696,10 @@ mod tests {
             sent(&mut engine, 2),
             vec![RelayMessage::CompactBlock(compact)]
         );
+        // The rebuild waits until the relayed frames have left.
+        assert!(sent(&mut engine, 1).is_empty());
+        assert!(engine.has_pending_imports());
+        assert!(engine.run_pending_imports(now, &mut host).is_empty());
         assert_eq!(
             sent(&mut engine, 1),
             vec![RelayMessage::BlockTxnsRequest {
@@ -2661,6 +2749,8 @@ mod tests {
             sent(&mut engine, 2).as_slice(),
             [RelayMessage::CompactBlock(_)]
         ));
+        // The rebuild lacks the forged transaction and asks peer 1 for it.
+        assert!(engine.run_pending_imports(now, &mut host).is_empty());
         sent(&mut engine, 1);
         sent(&mut engine, 3);
         // Peer 1 supplies the missing (forged) transaction; peer 2 asks for the body before and
@@ -2754,10 +2844,13 @@ mod tests {
         engine.handle_message(now, 1, RelayMessage::Block(block), &mut host);
         assert_eq!(
             events(&mut engine),
-            vec![RelayEvent::Penalty {
-                peer: 1,
-                offence: Offence::InvalidBlockBody
-            }]
+            vec![
+                RelayEvent::BlockReceived { hash, from: 1 },
+                RelayEvent::Penalty {
+                    peer: 1,
+                    offence: Offence::InvalidBlockBody
+                }
+            ]
         );
         assert!(
             !sent(&mut engine, 2)

@@ -2,10 +2,14 @@
 //! per inbound stream, one writer per outbound stream. All protocol decisions stay in the owner.
 
 use std::collections::HashMap;
+use std::future::poll_fn;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::task::{Context, Poll, Waker};
 
-use futures::{AsyncWriteExt, StreamExt};
+use futures::{AsyncWrite, AsyncWriteExt, StreamExt};
 use libp2p::{Stream, StreamProtocol};
 use libp2p_stream::{Control, IncomingStreams, OpenStreamError};
 use playergold_chain::Blockchain;
@@ -208,6 +212,94 @@ async fn preverify(msg: RelayMessage, chain: &Arc<Blockchain>) -> RelayMessage {
     }
 }
 
+/// A peer's relay stream once open, shared by its writer task and the owner. The owner writes a
+/// frame itself when nothing waits for the writer and the stream takes the frame at once (the
+/// multiplexer's window has room): a block relayed on its header then leaves without waiting
+/// for the writer task to be scheduled. Everything else goes through the writer, in order.
+#[derive(Debug, Default)]
+pub(crate) struct SharedStream {
+    /// `None` until the writer has opened the stream and written its hello.
+    stream: Mutex<Option<Stream>>,
+    /// Frames handed to the writer and not yet written. Only the owner increments it, so when
+    /// it reads 0 every frame it queued has left.
+    queued: AtomicUsize,
+}
+
+impl SharedStream {
+    /// Counts a frame handed to the writer (before it is sent to the writer's channel).
+    pub(crate) fn queue_one(&self) {
+        self.queued.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Uncounts a frame the writer will never write (its channel closed).
+    pub(crate) fn unqueue_one(&self) {
+        self.queued.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Whether nothing waits for the writer.
+    pub(crate) fn idle(&self) -> bool {
+        self.queued.load(Ordering::SeqCst) == 0
+    }
+
+    /// Writes as much of `frame` as the open stream takes without waiting, if nothing waits for
+    /// the writer; returns how many bytes it wrote (the rest must go through the writer). A
+    /// failing stream takes nothing here: the writer meets the error and reports it.
+    pub(crate) fn try_write(&self, frame: &[u8]) -> usize {
+        if !self.idle() {
+            return 0;
+        }
+        // Held by the writer only while it writes a queued frame, which `idle` rules out.
+        let Ok(mut guard) = self.stream.try_lock() else {
+            return 0;
+        };
+        let Some(stream) = guard.as_mut() else {
+            return 0;
+        };
+        // Nobody needs waking: a frame not taken now goes to the writer, which waits properly.
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut written = 0;
+        while let Some(rest) = frame.get(written..).filter(|r| !r.is_empty()) {
+            match Pin::new(&mut *stream).poll_write(&mut cx, rest) {
+                Poll::Ready(Ok(n)) if n > 0 => written += n,
+                _ => break,
+            }
+        }
+        if written > 0 {
+            // Yamux and QUIC hand written bytes to their connection at once; a flush that
+            // cannot finish now is the writer's next flush.
+            let _ = Pin::new(&mut *stream).poll_flush(&mut cx);
+        }
+        written
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Stream>> {
+        self.stream.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Writes all of `bytes` (whole frames) and flushes.
+    async fn write_all(&self, bytes: &[u8]) -> std::io::Result<()> {
+        let mut written = 0;
+        poll_fn(|cx| {
+            let mut guard = self.lock();
+            let Some(stream) = guard.as_mut() else {
+                return Poll::Ready(Err(std::io::ErrorKind::NotConnected.into()));
+            };
+            while let Some(rest) = bytes.get(written..).filter(|r| !r.is_empty()) {
+                match Pin::new(&mut *stream).poll_write(cx, rest) {
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+                    }
+                    Poll::Ready(Ok(n)) => written += n,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            Pin::new(&mut *stream).poll_flush(cx)
+        })
+        .await
+    }
+}
+
 /// Everything a writer needs.
 pub(crate) struct Writer {
     pub(crate) peer: PeerId,
@@ -216,8 +308,10 @@ pub(crate) struct Writer {
     pub(crate) protocol: StreamProtocol,
     /// Our encoded hello.
     pub(crate) hello: Arc<Vec<u8>>,
-    /// Encoded messages from the owner.
+    /// Whole frames (header and payload, or the rest of one the owner began) from the owner.
     pub(crate) frames: mpsc::Receiver<Vec<u8>>,
+    /// The stream, once open, shared with the owner.
+    pub(crate) shared: Arc<SharedStream>,
     /// Set by the owner when it found `frames` full; the writer then wakes it via `room`.
     pub(crate) wants_room: Arc<AtomicBool>,
     pub(crate) room: Arc<Notify>,
@@ -259,6 +353,7 @@ impl Writer {
             }
         };
         write(&mut stream, &self.hello, HELLO_FRAME_SIZE).await?;
+        *self.shared.lock() = Some(stream);
         let opened = WriterNote::Opened {
             peer: self.peer,
             session: self.session,
@@ -267,13 +362,21 @@ impl Writer {
             return Ok(());
         }
         while let Some(frame) = self.frames.recv().await {
-            write(&mut stream, &frame, MAX_FRAME_SIZE).await?;
+            match timeout(FRAME_WRITE_TIMEOUT, self.shared.write_all(&frame)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(WriteFailure::Io(e.to_string())),
+                Err(_) => return Err(WriteFailure::Stalled),
+            }
+            self.shared.unqueue_one();
             if self.wants_room.swap(false, Ordering::SeqCst) {
                 self.room.notify_one();
             }
         }
         // The owner let go of this peer: close our side cleanly.
-        let _ = stream.close().await;
+        let stream = self.shared.lock().take();
+        if let Some(mut stream) = stream {
+            let _ = stream.close().await;
+        }
         Ok(())
     }
 }

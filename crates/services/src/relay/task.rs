@@ -8,12 +8,14 @@ use std::time::{Duration, Instant};
 use libp2p::StreamProtocol;
 use libp2p_stream::{Control, IncomingStreams};
 use playergold_chain::Blockchain;
-use playergold_net::framing::framed_len;
+use playergold_net::framing::encode_frame;
 use playergold_net::{NetworkEvent, NetworkHandle, PeerId};
 use playergold_primitives::BlockHash;
 use playergold_primitives::codec;
 use playergold_protocol::Capabilities;
-use playergold_protocol::relay::{BlockVerdict, PropagationConfig, RelayEngine, RelayEvent};
+use playergold_protocol::relay::{
+    BlockVerdict, PropagationConfig, RelayEngine, RelayEvent, RelayMessage,
+};
 use playergold_protocol::reputation::Reason;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc::error::TrySendError;
@@ -22,11 +24,12 @@ use tokio::task::{AbortHandle, JoinSet};
 use tracing::Instrument;
 
 use super::host::ChainHost;
-use super::io::{Inbound, WriteFailure, Writer, WriterNote, accept_loop};
+use super::io::{Inbound, SharedStream, WriteFailure, Writer, WriterNote, accept_loop};
 use super::metrics::{MessageKind, WireCounters};
 use super::{
-    Command, INBOUND_BATCH, INBOUND_BUFFER_BYTES, INBOUND_CHANNEL_CAPACITY, MAX_STREAM_OPENS,
-    RelayError, RelayHello, RelayPeer, RelayServiceEvent, RelayServiceMetrics, WRITER_QUEUE_FRAMES,
+    Command, INBOUND_BATCH, INBOUND_BUFFER_BYTES, INBOUND_CHANNEL_CAPACITY, MAX_FRAME_SIZE,
+    MAX_STREAM_OPENS, RelayError, RelayHello, RelayPeer, RelayServiceEvent, RelayServiceMetrics,
+    WRITER_QUEUE_FRAMES,
 };
 
 /// Writer notes waiting for the owner: at most two per writer session (opened, failed), and
@@ -51,6 +54,7 @@ pub(crate) struct OwnerParts {
 /// The owner's side of one peer's writer.
 struct WriterSlot {
     frames: mpsc::Sender<Vec<u8>>,
+    shared: Arc<SharedStream>,
     wants_room: Arc<AtomicBool>,
     task: AbortHandle,
 }
@@ -198,9 +202,12 @@ impl Owner {
         self.tasks.shutdown().await;
     }
 
-    /// Bookkeeping after every wake-up: due timers, engine events, outgoing frames, then the
-    /// block imports the engine left pending (after the frames, so a block relayed on its valid
-    /// header leaves before its body's signature checks and store commit).
+    /// Bookkeeping after every wake-up: due timers, engine events, outgoing frames; then the
+    /// rebuilds of compact blocks relayed on their header, which report the blocks they complete
+    /// as received and send requests for missing transactions; then the imports. Each stage
+    /// starts once the frames of the one before are written, so a block relayed on its valid
+    /// header leaves before its body is rebuilt, and both before its signatures are checked and
+    /// its store commit (the owner runs on its own thread: an import holds up only the owner).
     fn turn(&mut self) {
         let now = Instant::now();
         if self.engine.poll_timeout().is_some_and(|t| t <= now) {
@@ -209,19 +216,16 @@ impl Owner {
         self.drain_events();
         self.pump();
         if self.engine.has_pending_imports() {
+            self.engine
+                .run_pending_rebuilds(Instant::now(), &mut self.host);
+            self.drain_events();
+            self.pump();
+        }
+        if self.engine.has_pending_imports() {
             // Outcomes reach the node as engine events; local blocks are imported by their
             // command.
-            // An import (a couple of ms: the body's checks and the store's commit) leaves the
-            // worker thread's other tasks (the network, readers, writers) to another worker.
-            let (engine, host) = (&mut self.engine, &mut self.host);
-            let mut import = || engine.run_pending_imports(Instant::now(), host);
-            if tokio::runtime::Handle::current().runtime_flavor()
-                == tokio::runtime::RuntimeFlavor::MultiThread
-            {
-                tokio::task::block_in_place(import);
-            } else {
-                import();
-            }
+            self.engine
+                .run_pending_imports(Instant::now(), &mut self.host);
             self.drain_events();
             self.pump();
         }
@@ -248,6 +252,9 @@ impl Owner {
                 RelayEvent::UsefulDelivery(peer) => RelayServiceEvent::Delivered { peer },
                 RelayEvent::NewTransaction { id, from } => {
                     RelayServiceEvent::NewTransaction { id, from, at }
+                }
+                RelayEvent::BlockReceived { hash, from } => {
+                    RelayServiceEvent::BlockReceived { hash, from, at }
                 }
                 RelayEvent::NewBlock { hash, from } => {
                     RelayServiceEvent::NewBlock { hash, from, at }
@@ -276,8 +283,10 @@ impl Owner {
         }
     }
 
-    /// Moves frames from the engine's queues into writers that have room. A writer found full
-    /// is asked to wake us (`room`) once it has written a frame.
+    /// Moves frames from the engine's queues to the peers' streams: written here when the
+    /// stream takes them at once and nothing waits for the peer's writer, else through the
+    /// writer while its channel has room. A writer found full is asked to wake us (`room`)
+    /// once it has written a frame.
     fn pump(&mut self) {
         for peer in self.engine.peers_with_pending() {
             let queued = self.engine.queued_bytes(&peer);
@@ -286,6 +295,27 @@ impl Owner {
                 continue;
             };
             loop {
+                if writer.shared.idle() {
+                    // Nothing waits for the writer, so its channel is empty and has room for
+                    // whatever of this frame the stream does not take now.
+                    let Some(msg) = self.engine.poll_transmit(&peer) else {
+                        break;
+                    };
+                    let Some(frame) = encode(&mut self.sent, &msg) else {
+                        continue;
+                    };
+                    let written = writer.shared.try_write(&frame);
+                    let Some(rest) = frame.get(written..).filter(|r| !r.is_empty()) else {
+                        continue;
+                    };
+                    writer.shared.queue_one();
+                    if writer.frames.try_send(rest.to_vec()).is_err() {
+                        // The writer stopped; its note is on the way.
+                        writer.shared.unqueue_one();
+                        break;
+                    }
+                    continue;
+                }
                 let permit = match writer.frames.try_reserve() {
                     Ok(permit) => permit,
                     Err(TrySendError::Full(())) => {
@@ -303,10 +333,11 @@ impl Owner {
                 let Some(msg) = self.engine.poll_transmit(&peer) else {
                     break;
                 };
-                let payload = codec::encode(&msg);
-                self.sent
-                    .record(MessageKind::of(&msg), framed_len(payload.len()));
-                permit.send(payload);
+                let Some(frame) = encode(&mut self.sent, &msg) else {
+                    continue;
+                };
+                writer.shared.queue_one();
+                permit.send(frame);
             }
         }
     }
@@ -326,8 +357,8 @@ impl Owner {
             }
             Command::PropagateBlock(block, reply) => {
                 let hash = block.hash();
-                // Pushed on its valid header, sent, and only then imported: the compact block
-                // leaves without waiting for the import's signature checks and commit.
+                // Pushed on its valid header, written, and only then imported: the compact
+                // block leaves without waiting for the import's signature checks and commit.
                 self.engine.propagate_new_block(now, *block, &mut self.host);
                 self.pump();
                 let imports = self
@@ -514,6 +545,7 @@ impl Owner {
         let session = self.next_session;
         let (frames_tx, frames_rx) = mpsc::channel(WRITER_QUEUE_FRAMES);
         let wants_room = Arc::new(AtomicBool::new(false));
+        let shared = Arc::new(SharedStream::default());
         let writer = Writer {
             peer,
             session,
@@ -521,6 +553,7 @@ impl Owner {
             protocol: self.protocol.clone(),
             hello: self.hello.clone(),
             frames: frames_rx,
+            shared: shared.clone(),
             wants_room: wants_room.clone(),
             room: self.room.clone(),
             notes: self.notes_tx.clone(),
@@ -533,6 +566,7 @@ impl Owner {
             session,
             WriterSlot {
                 frames: frames_tx,
+                shared,
                 wants_room,
                 task,
             },
@@ -685,6 +719,22 @@ impl Owner {
                     self.offence(peer, Reason::MalformedFrame);
                 }
             }
+        }
+    }
+}
+
+/// One message as a whole frame, counted in `sent`; `None` (logged) for one over the frame
+/// limit, which the engine's own bounds never let through.
+fn encode(sent: &mut WireCounters, msg: &RelayMessage) -> Option<Vec<u8>> {
+    let payload = codec::encode(msg);
+    match encode_frame(&payload, MAX_FRAME_SIZE) {
+        Ok(frame) => {
+            sent.record(MessageKind::of(msg), frame.len());
+            Some(frame)
+        }
+        Err(e) => {
+            tracing::error!(kind = ?MessageKind::of(msg), %e, "relay message not sent");
+            None
         }
     }
 }
