@@ -83,7 +83,10 @@ impl World {
                     assert!(challenge.verify().is_ok() && solution.verify().is_ok());
                     continue;
                 }
-                RelayEvent::MissingParent { .. } | RelayEvent::SolutionSettled(_) => continue,
+                // Its import, reported as `NewBlock`, is what the checks above look at.
+                RelayEvent::BlockReceived { .. }
+                | RelayEvent::MissingParent { .. }
+                | RelayEvent::SolutionSettled(_) => continue,
             };
             let action = self.rep.report(peer, reason, now);
             let score = self.rep.score(&peer, now);
