@@ -258,12 +258,8 @@ impl SharedStream {
         // Nobody needs waking: a frame not taken now goes to the writer, which waits properly.
         let mut cx = Context::from_waker(Waker::noop());
         let mut written = 0;
-        while let Some(rest) = frame.get(written..).filter(|r| !r.is_empty()) {
-            match Pin::new(&mut *stream).poll_write(&mut cx, rest) {
-                Poll::Ready(Ok(n)) if n > 0 => written += n,
-                _ => break,
-            }
-        }
+        // Pending or failed: the writer writes the rest, or meets the error and reports it.
+        let _ = poll_write_from(stream, &mut cx, frame, &mut written);
         if written > 0 {
             // Yamux and QUIC hand written bytes to their connection at once; a flush that
             // cannot finish now is the writer's next flush.
@@ -284,20 +280,29 @@ impl SharedStream {
             let Some(stream) = guard.as_mut() else {
                 return Poll::Ready(Err(std::io::ErrorKind::NotConnected.into()));
             };
-            while let Some(rest) = bytes.get(written..).filter(|r| !r.is_empty()) {
-                match Pin::new(&mut *stream).poll_write(cx, rest) {
-                    Poll::Ready(Ok(0)) => {
-                        return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
-                    }
-                    Poll::Ready(Ok(n)) => written += n,
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Pending => return Poll::Pending,
-                }
-            }
+            std::task::ready!(poll_write_from(stream, cx, bytes, &mut written))?;
             Pin::new(&mut *stream).poll_flush(cx)
         })
         .await
     }
+}
+
+/// Writes `bytes` from offset `*written` on, advancing it, until all are written (`Ready(Ok)`),
+/// the stream would wait (`Pending`) or fails.
+fn poll_write_from(
+    stream: &mut Stream,
+    cx: &mut Context<'_>,
+    bytes: &[u8],
+    written: &mut usize,
+) -> Poll<std::io::Result<()>> {
+    while let Some(rest) = bytes.get(*written..).filter(|r| !r.is_empty()) {
+        match std::task::ready!(Pin::new(&mut *stream).poll_write(cx, rest)) {
+            Ok(0) => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
+            Ok(n) => *written += n,
+            Err(e) => return Poll::Ready(Err(e)),
+        }
+    }
+    Poll::Ready(Ok(()))
 }
 
 /// Everything a writer needs.
