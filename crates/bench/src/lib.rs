@@ -15,6 +15,7 @@
 //! ```
 
 pub mod gossip;
+pub mod hops;
 pub mod links;
 pub mod ours;
 pub mod overlay;

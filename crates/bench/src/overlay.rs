@@ -139,6 +139,11 @@ impl Overlay {
         self.adjacency.get(i).map_or(0, Vec::len)
     }
 
+    /// Node `i`'s neighbours and the one-way delay of each link (empty for an unknown node).
+    pub fn neighbours(&self, i: usize) -> &[(usize, Duration)] {
+        self.adjacency.get(i).map_or(&[][..], Vec::as_slice)
+    }
+
     /// The one-way delay node `dialer` applies when it dials `listener`: the link's delay, or
     /// zero if they are not linked.
     pub fn dial_delay(&self, dialer: usize, listener: usize) -> Duration {

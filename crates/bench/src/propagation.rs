@@ -34,6 +34,7 @@ use tokio::time::Instant;
 use playergold_services::relay::MessageKind;
 
 use crate::gossip::{GossipError, GossipNet, Topic, payload_key};
+use crate::hops;
 use crate::ours::{OursError, OursNet};
 use crate::overlay::Overlay;
 use crate::recorder::{Kind, Outcome, Recorder, imported_key};
@@ -365,6 +366,12 @@ async fn run_ours(
             ("cpu_cores_busy".into(), cpu.busy(elapsed)),
         ]
         .into_iter()
+        .chain(hops::notes(
+            &overlay,
+            &outcomes,
+            |o| o.kind == Kind::Block,
+            "block",
+        ))
         .chain(
             MessageKind::ALL
                 .iter()
@@ -508,6 +515,12 @@ async fn run_gossipsub(
             ("cpu_cores_busy".into(), cpu.busy(elapsed)),
         ]
         .into_iter()
+        .chain(hops::notes(
+            &overlay,
+            &outcomes,
+            |o| o.kind == Kind::Block,
+            "block",
+        ))
         .collect(),
     })
 }

@@ -56,7 +56,7 @@ struct State {
 }
 
 /// One completed (or not) item, as the report needs it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Outcome {
     /// Its kind.
     pub kind: Kind,
@@ -66,6 +66,8 @@ pub struct Outcome {
     pub size: usize,
     /// Time from injection until the last node had it; `None` if some node never did.
     pub to_all: Option<Duration>,
+    /// Per node, time from injection until it had the item (zero at the origin).
+    pub arrivals: Vec<Option<Duration>>,
 }
 
 /// Shared arrival log. Clones share the same log.
@@ -184,6 +186,11 @@ impl Recorder {
                 } else {
                     None
                 },
+                arrivals: item
+                    .arrived
+                    .iter()
+                    .map(|a| a.map(|t| t.saturating_duration_since(item.injected)))
+                    .collect(),
             })
             .collect()
     }

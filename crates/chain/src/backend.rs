@@ -70,6 +70,11 @@ pub trait ChainBackend: Send + Sync + 'static {
     }
     /// A mempool transaction.
     fn mempool_get(&self, id: &TxId) -> Option<Transaction>;
+    /// Mempool transactions, one answer per id in order. Implementations take their lock once
+    /// (a compact block's rebuild looks up every transaction of the block).
+    fn mempool_get_many(&self, ids: &[TxId]) -> Vec<Option<Transaction>> {
+        ids.iter().map(|id| self.mempool_get(id)).collect()
+    }
     /// Whether a transaction is in the mempool.
     fn mempool_contains(&self, id: &TxId) -> bool;
     /// Whether a transaction is pending, included (and where) or unknown.

@@ -973,6 +973,11 @@ impl ChainBackend for Blockchain {
         self.state.lock().mempool.get(id).cloned()
     }
 
+    fn mempool_get_many(&self, ids: &[TxId]) -> Vec<Option<Transaction>> {
+        let st = self.state.lock();
+        ids.iter().map(|id| st.mempool.get(id).cloned()).collect()
+    }
+
     fn mempool_contains(&self, id: &TxId) -> bool {
         self.state.lock().mempool.contains(id)
     }

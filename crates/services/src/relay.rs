@@ -101,6 +101,11 @@ pub const FRAME_WRITE_TIMEOUT: Duration = Duration::from_secs(20);
 /// being retried without end.
 pub const MAX_STREAM_OPENS: u8 = 4;
 
+/// Wait before the first re-open of a failed outbound stream, doubled for each further one: the
+/// network first settles which of two duplicate connections stays (an immediate re-open can pick
+/// the closing one again and spend the [`MAX_STREAM_OPENS`] budget in a few milliseconds).
+pub const STREAM_REOPEN_DELAY: Duration = Duration::from_millis(50);
+
 /// Inbound messages the owner handles before it flushes outgoing frames and fires due timers.
 /// Eight full transaction batches are about 800 signature checks (tens of milliseconds): enough
 /// to amortise the per-turn bookkeeping, short enough that relay batches and request timeouts

@@ -134,6 +134,11 @@ pub trait RelayHost {
     }
     /// A mempool transaction.
     fn transaction(&self, id: &TxId) -> Option<Transaction>;
+    /// Mempool transactions, one answer per id in order. Hosts override it to take their lock
+    /// once: a compact block's rebuild looks up every transaction of the block.
+    fn transactions(&self, ids: &[TxId]) -> Vec<Option<Transaction>> {
+        ids.iter().map(|id| self.transaction(id)).collect()
+    }
     /// Whether we have the transaction (mempool or chain).
     fn has_transaction(&self, id: &TxId) -> bool;
     /// Ids of every mempool transaction (compact-block rebuilding).
@@ -1463,17 +1468,30 @@ impl<P: PeerKey> RelayEngine<P> {
             alternates,
         } = pending;
         let item = InvItem::Block(hash);
-        // Map every mempool tx to its short id under this block.
-        let mut by_short: HashMap<ShortId, TxId> = HashMap::new();
-        if !cb.short_ids.is_empty() {
+        // Hash every mempool id under this block and look it up among the block's short ids
+        // (a map of the block's size, not the mempool's); the first id to match a position
+        // fills it.
+        let mut position: HashMap<ShortId, usize> = HashMap::with_capacity(cb.short_ids.len());
+        for (i, s) in cb.short_ids.iter().enumerate() {
+            position.entry(*s).or_insert(i);
+        }
+        let mut found: Vec<Option<TxId>> = vec![None; cb.short_ids.len()];
+        if !position.is_empty() {
             for id in host.mempool_ids() {
-                by_short.insert(ShortId::new(&hash, &id), id);
+                if let Some(slot) = position
+                    .get(&ShortId::new(&hash, &id))
+                    .and_then(|&i| found.get_mut(i))
+                    && slot.is_none()
+                {
+                    *slot = Some(id);
+                }
             }
         }
-        let txs: Vec<Option<Transaction>> = cb
-            .short_ids
+        let wanted: Vec<TxId> = found.iter().flatten().copied().collect();
+        let mut fetched = host.transactions(&wanted).into_iter();
+        let txs: Vec<Option<Transaction>> = found
             .iter()
-            .map(|s| by_short.get(s).and_then(|id| host.transaction(id)))
+            .map(|id| id.and_then(|_| fetched.next().flatten()))
             .collect();
         let missing: Vec<u32> = txs
             .iter()
@@ -2323,14 +2341,14 @@ mod tests {
         }
         let from_a = sent(&mut a, 1);
         let from_b = sent(&mut b, 0);
-        let (fast_msgs, slow, slow_host, slow_from_fast, fast_peer_of_slow) =
-            if short_for_a < short_for_b {
-                assert!(from_a.is_empty(), "A yields: {from_a:?}");
-                (from_b, &mut a, &mut host_a, 1u8, 1u8)
-            } else {
-                assert!(from_b.is_empty(), "B yields: {from_b:?}");
-                (from_a, &mut b, &mut host_b, 0u8, 0u8)
-            };
+        let a_yields = AnnounceOrder::new(a.tx_salt(), b.tx_salt()).we_yield(&id);
+        let (fast_msgs, slow, slow_host, slow_from_fast, fast_peer_of_slow) = if a_yields {
+            assert!(from_a.is_empty(), "A yields: {from_a:?}");
+            (from_b, &mut a, &mut host_a, 1u8, 1u8)
+        } else {
+            assert!(from_b.is_empty(), "B yields: {from_b:?}");
+            (from_a, &mut b, &mut host_b, 0u8, 0u8)
+        };
         assert_eq!(fast_msgs.len(), 1, "the other side announces at once");
         // The fast side's announcement reaches the slow side before its yield ends.
         slow.handle_message(batch_due, slow_from_fast, fast_msgs[0].clone(), slow_host);
@@ -2342,13 +2360,12 @@ mod tests {
         assert_eq!(slow.metrics().announcements_yielded, 1);
 
         // A transaction the peer never announces: the yielding side announces it after the yield.
-        let (mut a, _b) = link();
+        let (mut a, b) = link();
         let mut host_a = Mempool::default();
-        let b_salt = TxShortIds::new(_b.tx_salt());
-        let a_salt = TxShortIds::new(a.tx_salt());
+        let order_a = AnnounceOrder::new(a.tx_salt(), b.tx_salt());
         let second = (1..256)
             .map(|n| tx(&key, n))
-            .find(|t| a_salt.of(&t.id()) < b_salt.of(&t.id()))
+            .find(|t| order_a.we_yield(&t.id()))
             .expect("A yields on about half of all transactions");
         a.handle_message(
             now,
@@ -2362,7 +2379,9 @@ mod tests {
         a.handle_timeout(yield_due);
         assert_eq!(
             sent(&mut a, 1),
-            vec![RelayMessage::AnnounceTx(b_salt.of(&second.id()))]
+            vec![RelayMessage::AnnounceTx(
+                TxShortIds::new(b.tx_salt()).of(&second.id())
+            )]
         );
         assert_eq!(a.metrics().announcements_yielded, 0);
     }

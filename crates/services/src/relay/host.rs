@@ -155,6 +155,10 @@ impl RelayHost for ChainHost {
         self.chain.mempool_get(id)
     }
 
+    fn transactions(&self, ids: &[TxId]) -> Vec<Option<Transaction>> {
+        self.chain.mempool_get_many(ids)
+    }
+
     fn has_transaction(&self, id: &TxId) -> bool {
         self.chain.mempool_contains(id)
             || matches!(self.chain.tx_status(id), Ok(TxStatus::Included { .. }))

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use futures::{AsyncWrite, AsyncWriteExt, StreamExt};
 use libp2p::{Stream, StreamProtocol};
@@ -21,7 +22,9 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::timeout;
 
-use super::{FRAME_WRITE_TIMEOUT, MAX_FRAME_SIZE, RelayHello, STREAM_OPEN_TIMEOUT};
+use super::{
+    FRAME_WRITE_TIMEOUT, MAX_FRAME_SIZE, RelayHello, STREAM_OPEN_TIMEOUT, STREAM_REOPEN_DELAY,
+};
 
 /// Largest hello frame.
 const HELLO_FRAME_SIZE: MaxFrameSize = MaxFrameSize::new(RelayHello::MAX_BYTES as u32);
@@ -321,6 +324,17 @@ pub(crate) struct Writer {
     pub(crate) wants_room: Arc<AtomicBool>,
     pub(crate) room: Arc<Notify>,
     pub(crate) notes: mpsc::Sender<WriterNote>,
+    /// Wait before opening: zero for a new peer, growing for a re-open after a failure.
+    pub(crate) delay: Duration,
+}
+
+/// How long a writer waits before opening its stream, given the writers this connection has had
+/// before it: none for the first, then [`STREAM_REOPEN_DELAY`] doubled for each earlier re-open.
+pub(crate) fn reopen_delay(earlier_opens: u8) -> Duration {
+    match earlier_opens {
+        0 => Duration::ZERO,
+        n => STREAM_REOPEN_DELAY.saturating_mul(1 << (n - 1).min(8)),
+    }
 }
 
 impl Writer {
@@ -340,6 +354,9 @@ impl Writer {
     }
 
     async fn write_all(&mut self) -> Result<(), WriteFailure> {
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
         let opened = timeout(
             STREAM_OPEN_TIMEOUT,
             self.control.open_stream(self.peer, self.protocol.clone()),
@@ -391,5 +408,20 @@ async fn write(stream: &mut Stream, payload: &[u8], max: MaxFrameSize) -> Result
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(WriteFailure::Io(e.to_string())),
         Err(_) => Err(WriteFailure::Stalled),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_first_stream_opens_at_once_and_reopens_back_off() {
+        assert_eq!(reopen_delay(0), Duration::ZERO);
+        assert_eq!(reopen_delay(1), STREAM_REOPEN_DELAY);
+        assert_eq!(reopen_delay(2), STREAM_REOPEN_DELAY * 2);
+        assert_eq!(reopen_delay(3), STREAM_REOPEN_DELAY * 4);
+        // Capped: no overflow whatever the count.
+        assert_eq!(reopen_delay(u8::MAX), STREAM_REOPEN_DELAY * 256);
     }
 }

@@ -24,7 +24,9 @@ use tokio::task::{AbortHandle, JoinSet};
 use tracing::Instrument;
 
 use super::host::ChainHost;
-use super::io::{Inbound, SharedStream, WriteFailure, Writer, WriterNote, accept_loop};
+use super::io::{
+    Inbound, SharedStream, WriteFailure, Writer, WriterNote, accept_loop, reopen_delay,
+};
 use super::metrics::{MessageKind, WireCounters};
 use super::{
     Command, INBOUND_BATCH, INBOUND_BUFFER_BYTES, INBOUND_CHANNEL_CAPACITY, MAX_FRAME_SIZE,
@@ -529,7 +531,8 @@ impl Owner {
         if !self.peers.contains_key(&peer) {
             return;
         }
-        let (session, writer) = self.spawn_writer(peer);
+        let opens = self.peers.get(&peer).map_or(0, |slot| slot.opens);
+        let (session, writer) = self.spawn_writer(peer, reopen_delay(opens));
         if let Some(slot) = self.peers.get_mut(&peer) {
             if let Some(old) = slot.writer.replace(writer) {
                 old.task.abort();
@@ -540,7 +543,7 @@ impl Owner {
         }
     }
 
-    fn spawn_writer(&mut self, peer: PeerId) -> (u64, WriterSlot) {
+    fn spawn_writer(&mut self, peer: PeerId, delay: Duration) -> (u64, WriterSlot) {
         self.next_session += 1;
         let session = self.next_session;
         let (frames_tx, frames_rx) = mpsc::channel(WRITER_QUEUE_FRAMES);
@@ -557,8 +560,9 @@ impl Owner {
             wants_room: wants_room.clone(),
             room: self.room.clone(),
             notes: self.notes_tx.clone(),
+            delay,
         };
-        tracing::debug!(%peer, session, "opening relay stream");
+        tracing::debug!(%peer, session, ?delay, "opening relay stream");
         let task = self
             .tasks
             .spawn(writer.run().instrument(tracing::Span::current()));
