@@ -10,7 +10,7 @@ use std::sync::{Mutex, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use futures::{AsyncWrite, AsyncWriteExt, StreamExt};
+use futures::{AsyncRead, AsyncWrite, AsyncWriteExt, StreamExt};
 use libp2p::{Stream, StreamProtocol};
 use libp2p_stream::{Control, IncomingStreams, OpenStreamError};
 use playergold_chain::Blockchain;
@@ -271,6 +271,25 @@ impl SharedStream {
         written
     }
 
+    /// Ready once the peer ends or resets the open stream. Our relay streams carry nothing
+    /// back, so any outcome of a read ends the wait: end of stream or an error (a reset: the
+    /// peer dropped the stream, as libp2p-stream does with an inbound stream when its accept
+    /// queue is full), or bytes, which the protocol never sends this way.
+    fn poll_peer_closed(&self, cx: &mut Context<'_>) -> Poll<String> {
+        let mut guard = self.lock();
+        let Some(stream) = guard.as_mut() else {
+            return Poll::Ready("no open stream".to_owned());
+        };
+        let mut byte = [0u8; 1];
+        Pin::new(stream)
+            .poll_read(cx, &mut byte)
+            .map(|read| match read {
+                Ok(0) => "the peer closed our relay stream".to_owned(),
+                Ok(_) => "the peer wrote on our relay stream".to_owned(),
+                Err(e) => format!("the peer dropped our relay stream: {e}"),
+            })
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<Stream>> {
         self.stream.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -383,7 +402,18 @@ impl Writer {
         if self.notes.send(opened).await.is_err() {
             return Ok(());
         }
-        while let Some(frame) = self.frames.recv().await {
+        loop {
+            // A stream the peer dropped is found now, not when a frame fails on it: until then
+            // the peer would have no stream from us and we would not know it.
+            let frame = tokio::select! {
+                frame = self.frames.recv() => frame,
+                why = poll_fn(|cx| self.shared.poll_peer_closed(cx)) => {
+                    return Err(WriteFailure::Io(why));
+                }
+            };
+            let Some(frame) = frame else {
+                break;
+            };
             match timeout(FRAME_WRITE_TIMEOUT, self.shared.write_all(&frame)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => return Err(WriteFailure::Io(e.to_string())),

@@ -307,6 +307,52 @@ async fn a_frame_that_does_not_decode_costs_the_sender_its_connection() {
     liar.net.stop().await;
 }
 
+/// libp2p-stream drops an inbound stream when its accept queue is full (many peers opening at
+/// once, as at start-up), and the opener learns it only from the reset. The relay re-opens such
+/// a stream by itself: without that, a quiet link stays half open until a frame fails on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_stream_the_peer_drops_is_opened_again_without_traffic() {
+    init_tracing();
+    let devnet = Devnet::new();
+    let mut a = RelayNode::spawn(
+        &devnet,
+        240,
+        PropagationConfig::default(),
+        Capabilities::NONE,
+    )
+    .await;
+    let mut peer = RawPeer::spawn(&devnet, 241).await;
+    let (_to_a, from_a) = peer.connect(&a).await;
+    a.wait_relay_peers(1, SETUP).await;
+
+    // Dropped unread: yamux resets it, as libp2p-stream's full queue does.
+    drop(from_a);
+    let (again, mut stream) = peer.accept(WAIT).await;
+    assert_eq!(again, a.peer_id());
+    // The new stream works: a transaction A takes in reaches us on it.
+    let t = tx(7, 0);
+    a.relay
+        .submit_transaction(t.clone())
+        .await
+        .expect("A accepts the transaction");
+    let msg = recv(&mut stream, WAIT).await;
+    // Pushed in full to our one peer (⌈√1⌉ = 1 of 1), or announced.
+    let carries = match &msg {
+        RelayMessage::Transactions(txs) => txs.contains(&t),
+        RelayMessage::Announce(items) => items.contains(&InvItem::Tx(t.id())),
+        RelayMessage::AnnounceTx(_) | RelayMessage::AnnounceTxs(_) => true,
+        _ => false,
+    };
+    assert!(
+        carries,
+        "A relays the transaction on its new stream: {msg:?}"
+    );
+    let m = a.relay.metrics().await.expect("metrics");
+    assert_eq!(m.peers, 1, "the peer stays in the relay");
+    a.stop().await;
+    peer.net.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_on_another_genesis_is_disconnected_without_penalty() {
     init_tracing();

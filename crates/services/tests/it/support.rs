@@ -343,12 +343,18 @@ impl RawPeer {
     pub(crate) async fn connect(&mut self, node: &RelayNode) -> (Stream, Stream) {
         let hello = self.hello;
         let (target, ours) = self.open(node, hello).await;
-        let (from, mut theirs) =
-            tokio::time::timeout(Duration::from_secs(10), self.incoming.next())
-                .await
-                .expect("the node opens its stream")
-                .expect("incoming streams");
+        let (from, theirs) = self.accept(Duration::from_secs(10)).await;
         assert_eq!(from, target);
+        (ours, theirs)
+    }
+
+    /// Waits for the next relay stream a node opens to us and reads its hello (which must name
+    /// our genesis). Returns the node and the stream.
+    pub(crate) async fn accept(&mut self, timeout: Duration) -> (PeerId, Stream) {
+        let (from, mut theirs) = tokio::time::timeout(timeout, self.incoming.next())
+            .await
+            .expect("the node opens its stream")
+            .expect("incoming streams");
         let hello: RelayHello = codec::decode(
             &read_frame(&mut theirs, MAX_FRAME_SIZE)
                 .await
@@ -356,7 +362,7 @@ impl RawPeer {
         )
         .expect("hello decodes");
         assert_eq!(hello.genesis, self.hello.genesis);
-        (ours, theirs)
+        (from, theirs)
     }
 
     /// Connects to `node` and opens our relay stream to it with `hello`; returns the node's peer
