@@ -25,6 +25,7 @@ use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use crate::chains::{NodeWork, Work};
 use crate::links::{link_delay, tcp_listen_addr};
 use crate::overlay::Overlay;
 use crate::prom;
@@ -166,11 +167,17 @@ pub struct GossipNet {
 impl GossipNet {
     /// Starts one gossipsub node per overlay node (each listening on its own loopback IP and
     /// subscribed to both topics) and dials every overlay link from its dialler. Arrivals are
-    /// reported to `recorder` under the blake3 hash of the payload.
-    pub async fn start(overlay: Arc<Overlay>, recorder: Recorder) -> Result<Self, GossipError> {
+    /// reported to `recorder` under the blake3 hash of the payload, and each delivered item is
+    /// then handed to the node's work (`work[i]`, when given: its chain's mempool or import).
+    pub async fn start(
+        overlay: Arc<Overlay>,
+        recorder: Recorder,
+        work: Vec<NodeWork>,
+    ) -> Result<Self, GossipError> {
         let mut nodes = Vec::with_capacity(overlay.len());
         for i in 0..overlay.len() {
-            nodes.push(spawn_node(i, overlay.clone(), recorder.clone()).await?);
+            let work = work.get(i).cloned();
+            nodes.push(spawn_node(i, overlay.clone(), recorder.clone(), work).await?);
         }
         let dials = overlay.links().iter().map(|l| {
             let (from, to) = (&nodes[l.dialer], &nodes[l.listener]);
@@ -285,6 +292,7 @@ async fn spawn_node(
     index: usize,
     overlay: Arc<Overlay>,
     recorder: Recorder,
+    work: Option<NodeWork>,
 ) -> Result<Node, GossipError> {
     let keypair = Keypair::generate_ed25519();
     let peer_id = keypair.public().to_peer_id();
@@ -324,7 +332,7 @@ async fn spawn_node(
     .map_err(|_| listen_err("timed out".into()))?
     .map_err(listen_err)?;
     let (commands, rx) = mpsc::channel(COMMAND_CHANNEL_CAPACITY);
-    let task = tokio::spawn(run(swarm, rx, index, recorder));
+    let task = tokio::spawn(run(swarm, rx, index, recorder, work));
     Ok(Node {
         peer_id,
         addr: addr.with(Protocol::P2p(peer_id)),
@@ -334,13 +342,16 @@ async fn spawn_node(
     })
 }
 
-/// The node task: commands in, swarm events out to the recorder.
+/// The node task: commands in, swarm events out to the recorder, delivered items on to the
+/// node's work.
 async fn run(
     mut swarm: Swarm<gossipsub::Behaviour>,
     mut commands: mpsc::Receiver<Command>,
     index: usize,
     recorder: Recorder,
+    work: Option<NodeWork>,
 ) {
+    let block_topic = Topic::Block.ident().hash();
     let mut dials: HashMap<PeerId, Vec<oneshot::Sender<Result<(), String>>>> = HashMap::new();
     loop {
         tokio::select! {
@@ -356,12 +367,20 @@ async fn run(
                     }
                 }
                 Some(Command::Publish(topic, data, reply)) => {
+                    // The origin keeps what it publishes, as our producer imports its block.
+                    let kept = work.as_ref().map(|_| data.clone());
                     let result = swarm
                         .behaviour_mut()
                         .publish(topic.ident(), data)
                         .map(drop)
                         .map_err(|e| e.to_string());
                     let _ = reply.send(result);
+                    if let (Some(work), Some(data)) = (&work, kept) {
+                        work.give(match topic {
+                            Topic::Block => Work::Block(data),
+                            Topic::Tx => Work::Tx(data),
+                        });
+                    }
                 }
                 Some(Command::Mesh(reply)) => {
                     let b = swarm.behaviour();
@@ -377,6 +396,13 @@ async fn run(
             event = swarm.select_next_some() => match event {
                 SwarmEvent::Behaviour(gossipsub::Event::Message { message, .. }) => {
                     recorder.arrived(index, &payload_key(&message.data));
+                    if let Some(work) = &work {
+                        work.give(if message.topic == block_topic {
+                            Work::Block(message.data)
+                        } else {
+                            Work::Tx(message.data)
+                        });
+                    }
                 }
                 SwarmEvent::ConnectionEstablished { peer_id, .. } => {
                     for reply in dials.remove(&peer_id).unwrap_or_default() {

@@ -14,6 +14,7 @@
 //!                                                                      ┘
 //! ```
 
+pub mod chains;
 pub mod gossip;
 pub mod hops;
 pub mod links;

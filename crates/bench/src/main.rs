@@ -77,6 +77,11 @@ struct PropagationArgs {
     /// (`PropagationConfig::announce_yield`; default: its default).
     #[arg(long)]
     announce_yield_ms: Option<u64>,
+    /// Gossipsub's nodes only relay: they keep no mempool and import no block. By default they
+    /// do both with what they are delivered, as our nodes do, since on this machine's shared
+    /// CPU a node's work slows the nodes still relaying.
+    #[arg(long)]
+    gossip_relay_only: bool,
 }
 
 fn parse_fanout(s: &str) -> Result<Fanout, String> {
@@ -134,6 +139,7 @@ async fn propagation_command(args: PropagationArgs) -> anyhow::Result<()> {
             PropagationConfig::default().announce_yield,
             Duration::from_millis,
         ),
+        gossip_node_work: !args.gossip_relay_only,
     };
     let report = propagation::run(&opts).await?;
     print!("{}", report.table());

@@ -9,7 +9,6 @@
 //! imported there (it then has the transaction, and its mempool rightly refuses a late copy).
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +16,7 @@ use libp2p::identity::Keypair as NodeKey;
 use libp2p::metrics::Registry;
 use libp2p::multiaddr::Protocol;
 use parking_lot::Mutex;
-use playergold_chain::{Blockchain, ChainBackend, ChainConfig, ProofOfAuthority};
+use playergold_chain::{Blockchain, ChainBackend};
 use playergold_net::{MemoryStore, Multiaddr, NetworkConfig, NetworkHandle, NetworkName};
 use playergold_primitives::{Block, BlockHash, Genesis, Keypair, TimestampMs, Transaction, TxId};
 use playergold_protocol::Capabilities;
@@ -27,18 +26,12 @@ use playergold_services::{RelayHandle, RelayService, RelayServiceEvent, RelaySer
 use tokio::sync::broadcast::error::RecvError;
 use tokio::task::JoinHandle;
 
+use crate::chains::{BENCH_NETWORK, BenchChains, SLOT_MS};
 use crate::links::{link_delay, tcp_listen_addr};
 use crate::overlay::Overlay;
 use crate::prom;
 use crate::recorder::{Recorder, imported_key};
 use crate::workload::derived_key;
-
-/// Network name of the bench chain (also part of every protocol id).
-pub const BENCH_NETWORK: &str = "benchnet";
-
-/// Slot length of the bench genesis: the shortest the chain allows, so a block can be produced
-/// at any tick of the workload (every node is a validator; the slot's validator produces).
-pub const SLOT_MS: u64 = playergold_primitives::MIN_SLOT_DURATION_MS;
 
 /// Message kinds counted as transaction traffic: pushes, announcements and their requests, by
 /// short id and by full id (blocks are pushed compact to every peer and never announced, so
@@ -203,24 +196,8 @@ pub struct OursNet {
     validators: Vec<Keypair>,
     block_txs: BlockTxs,
     stats: Arc<Mutex<EventStats>>,
-    /// Chain databases live here (on tmpfs when there is one); removed on drop.
-    _dir: tempfile::TempDir,
-}
-
-/// Where the chain databases go: tmpfs when available, so redb's fsyncs cost what they would on
-/// a server's write cache rather than this VM's disk.
-fn scratch_dir() -> std::io::Result<tempfile::TempDir> {
-    let shm = PathBuf::from("/dev/shm");
-    if shm.is_dir()
-        && let Ok(dir) = tempfile::Builder::new()
-            .prefix("playergold-bench-")
-            .tempdir_in(&shm)
-    {
-        return Ok(dir);
-    }
-    tempfile::Builder::new()
-        .prefix("playergold-bench-")
-        .tempdir()
+    /// Every node's chain database; removed on drop.
+    chains: BenchChains,
 }
 
 impl OursNet {
@@ -239,42 +216,17 @@ impl OursNet {
     ) -> Result<Self, OursError> {
         let n = overlay.len();
         let validators: Vec<Keypair> = (0..n).map(|i| derived_key(seed, "validator", i)).collect();
-        // Genesis a minute back: the first block's slot is then well after the genesis slot.
-        let genesis = Genesis {
-            network: BENCH_NETWORK.to_owned(),
-            timestamp_ms: TimestampMs(TimestampMs::now().0.saturating_sub(60_000)),
-            validators: validators.iter().map(Keypair::public).collect(),
-            slot_duration_ms: SLOT_MS,
-        };
-        genesis
-            .validate()
-            .map_err(|e| OursError::Genesis(e.to_string()))?;
+        let chains = BenchChains::new(&validators, block_min_tx_age).map_err(OursError::Genesis)?;
         let name =
             NetworkName::new(BENCH_NETWORK).map_err(|e| OursError::Genesis(e.to_string()))?;
-        let dir = scratch_dir().map_err(|e| OursError::Chain {
-            node: 0,
-            reason: e.to_string(),
-        })?;
         let block_txs: BlockTxs = Arc::default();
         let stats: Arc<Mutex<EventStats>> = Arc::default();
-        let consensus = Arc::new(ProofOfAuthority::from_genesis(&genesis));
 
         let mut nodes = Vec::with_capacity(n);
         for i in 0..n {
-            let chain = Blockchain::open(
-                &dir.path().join(format!("node-{i}.redb")),
-                genesis.clone(),
-                consensus.clone(),
-                ChainConfig {
-                    block_min_tx_age,
-                    ..ChainConfig::default()
-                },
-            )
-            .map_err(|e| OursError::Chain {
-                node: i,
-                reason: e.to_string(),
-            })?;
-            let chain = Arc::new(chain);
+            let chain = chains
+                .open(i)
+                .map_err(|reason| OursError::Chain { node: i, reason })?;
             let mut config = NetworkConfig::new(name.clone());
             config.listen_addrs = vec![tcp_listen_addr(i)];
             // A fixed overlay: nothing dials by itself.
@@ -374,7 +326,7 @@ impl OursNet {
             validators,
             block_txs,
             stats,
-            _dir: dir,
+            chains,
         };
         net.wait_ready(&overlay, ready_timeout).await?;
         Ok(net)
@@ -422,6 +374,11 @@ impl OursNet {
                 node,
                 reason: e.to_string(),
             })
+    }
+
+    /// The chains' genesis (the baseline's nodes import our blocks on it).
+    pub fn genesis(&self) -> &Genesis {
+        self.chains.genesis()
     }
 
     /// The validator (and node) of the slot `now` falls in.

@@ -7,9 +7,14 @@
 //!  plan txs ────────┼─► ours:      OursNet   ◄─ txs at their offsets, blocks built live
 //!                   │                 └─ records every injection (blocks included)
 //!                   └─► gossipsub: GossipNet ◄─ the same injections replayed
-//!                                      │
+//!                                      └─ delivered items ─► each node's chain (NodeWork)
 //!  Recorder per phase (arrival per node) + byte counters ─► Report (JSON + table + goals)
 //! ```
+//!
+//! Node work. Our nodes check, store and import what they relay; gossipsub's nodes, by default,
+//! do the same with what they are delivered (mempool entry, block import; `chains::NodeWork`),
+//! since here fifty nodes share two cores and one node's work delays the others' relaying.
+//! `--gossip-relay-only` runs the bare baseline instead.
 //!
 //! Byte attribution. Ours: the relay service's frame counters per message kind (frame header
 //! included): `Transactions`, `Announce`, `Request`, `NotFound` are transaction bytes;
@@ -26,13 +31,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use playergold_primitives::{TimestampMs, codec};
+use playergold_chain::ChainBackend;
+use playergold_primitives::{Genesis, TimestampMs, Transaction, codec};
 use playergold_protocol::relay::{CompactBlock, Fanout, PropagationConfig, RelayMessage};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use playergold_services::relay::MessageKind;
 
+use crate::chains::{BenchChains, NodeWork, WorkStats};
 use crate::gossip::{GossipError, GossipNet, Topic, payload_key};
 use crate::hops;
 use crate::ours::{OursError, OursNet};
@@ -89,6 +96,10 @@ pub struct Options {
     pub tx_fanout: Fanout,
     /// `PropagationConfig::announce_yield`.
     pub announce_yield: Duration,
+    /// Whether gossipsub's nodes keep a chain as ours do: each delivered transaction enters the
+    /// node's mempool, each delivered block is imported ([`NodeWork`]). Arrivals are recorded
+    /// at delivery either way; on this shared CPU the work slows the nodes still relaying.
+    pub gossip_node_work: bool,
 }
 
 impl Default for Options {
@@ -107,6 +118,7 @@ impl Default for Options {
             gossip_warmup: Duration::from_secs(6),
             tx_fanout: PropagationConfig::default().gossip_factor,
             announce_yield: PropagationConfig::default().announce_yield,
+            gossip_node_work: true,
         }
     }
 }
@@ -127,6 +139,9 @@ pub enum BenchError {
     /// Gossipsub failed.
     #[error(transparent)]
     Gossip(#[from] GossipError),
+    /// The gossipsub nodes' chains could not be set up.
+    #[error("gossipsub nodes' chains: {0}")]
+    Chains(String),
 }
 
 /// Runs the bench and returns its report.
@@ -155,9 +170,17 @@ pub async fn run(opts: &Options) -> Result<Report, BenchError> {
         links = overlay.links().len(),
         "ours: starting"
     );
-    let (ours, injections) = run_ours(opts, overlay.clone(), txs, &bounds).await?;
+    // Both systems' mempools start with the very same backlog.
+    let backlog = plan_backlog(opts.backlog, opts.seed);
+    let (ours, injections, genesis) =
+        run_ours(opts, overlay.clone(), txs, &backlog, &bounds).await?;
     tracing::info!("gossipsub: starting");
-    let gossipsub = run_gossipsub(opts, overlay.clone(), &injections, &bounds).await?;
+    let handover = GossipStart {
+        injections: &injections,
+        genesis,
+        backlog,
+    };
+    let gossipsub = run_gossipsub(opts, overlay.clone(), handover, &bounds).await?;
 
     let config = RunConfig {
         nodes: opts.nodes,
@@ -172,6 +195,7 @@ pub async fn run(opts: &Options) -> Result<Report, BenchError> {
         seed: opts.seed,
         tx_fanout: format!("{:?}", opts.tx_fanout),
         announce_yield_ms: opts.announce_yield.as_millis() as u64,
+        gossip_node_work: opts.gossip_node_work,
         cpus: std::thread::available_parallelism().map_or(1, usize::from),
         load_average: (load_start, load_average()),
     };
@@ -204,15 +228,15 @@ async fn run_ours(
     opts: &Options,
     overlay: Arc<Overlay>,
     txs: Vec<Injection>,
+    backlog: &[Transaction],
     bounds: &[Duration],
-) -> Result<(SystemReport, Vec<Injection>), BenchError> {
+) -> Result<(SystemReport, Vec<Injection>, Genesis), BenchError> {
     let recorder = Recorder::new(opts.nodes);
-    let backlog = plan_backlog(opts.backlog, opts.seed);
     let net = OursNet::start(
         overlay.clone(),
         recorder.clone(),
         opts.seed,
-        &backlog,
+        backlog,
         READY_TIMEOUT,
         &PropagationConfig {
             gossip_factor: opts.tx_fanout,
@@ -223,7 +247,6 @@ async fn run_ours(
         opts.block_interval / 2,
     )
     .await?;
-    drop(backlog);
     let net = Arc::new(net);
     let before = net.bytes().await?;
     let cpu = CpuClock::start();
@@ -303,6 +326,7 @@ async fn run_ours(
     let elapsed = start.elapsed();
     let bytes = net.bytes().await?.since(&before);
     let events = net.event_stats();
+    let genesis = net.genesis().clone();
     let off_overlay = net.off_overlay_nodes(&overlay).await;
     if let Ok(net) = Arc::try_unwrap(net) {
         net.stop().await;
@@ -384,7 +408,7 @@ async fn run_ours(
     let mut injections = txs;
     injections.extend(blocks);
     injections.sort_by_key(|i| i.at);
-    Ok((report, injections))
+    Ok((report, injections, genesis))
 }
 
 /// A block's size as an item: its canonical encoding (what gossipsub carries as the payload).
@@ -392,15 +416,40 @@ fn block_len(block: &playergold_primitives::Block) -> usize {
     codec::encoded_len(block)
 }
 
+/// What the baseline takes over from our run.
+struct GossipStart<'a> {
+    /// Our run's transactions and blocks, replayed at the same offsets from the same nodes.
+    injections: &'a [Injection],
+    /// Our chains' genesis, which our blocks build on.
+    genesis: Genesis,
+    /// Our mempools' starting backlog.
+    backlog: Vec<Transaction>,
+}
+
 async fn run_gossipsub(
     opts: &Options,
     overlay: Arc<Overlay>,
-    injections: &[Injection],
+    handover: GossipStart<'_>,
     bounds: &[Duration],
 ) -> Result<SystemReport, BenchError> {
+    let GossipStart {
+        injections,
+        genesis,
+        backlog,
+    } = handover;
     let recorder = Recorder::new(opts.nodes);
+    let work_stats = Arc::new(WorkStats::default());
+    // Kept until the end: the nodes' chain databases.
+    let (_chains, work) = if opts.gossip_node_work {
+        let chains = BenchChains::with_genesis(genesis, opts.block_interval / 2)
+            .map_err(BenchError::Chains)?;
+        let work = gossip_node_work(opts.nodes, &chains, backlog, &work_stats).await?;
+        (Some(chains), work)
+    } else {
+        (None, Vec::new())
+    };
     let started = Instant::now();
-    let net = Arc::new(GossipNet::start(overlay.clone(), recorder.clone()).await?);
+    let net = Arc::new(GossipNet::start(overlay.clone(), recorder.clone(), work).await?);
     // Wait for every link to carry both subscriptions, then for the first heartbeat.
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
@@ -515,6 +564,12 @@ async fn run_gossipsub(
             ("cpu_cores_busy".into(), cpu.busy(elapsed)),
         ]
         .into_iter()
+        .chain(
+            opts.gossip_node_work
+                .then(|| work_stats.notes())
+                .into_iter()
+                .flatten(),
+        )
         .chain(hops::notes(
             &overlay,
             &outcomes,
@@ -523,6 +578,43 @@ async fn run_gossipsub(
         ))
         .collect(),
     })
+}
+
+/// Opens every gossipsub node's chain, fills its mempool with the backlog our nodes started
+/// with, and starts its work thread.
+async fn gossip_node_work(
+    nodes: usize,
+    chains: &BenchChains,
+    backlog: Vec<Transaction>,
+    stats: &Arc<WorkStats>,
+) -> Result<Vec<NodeWork>, BenchError> {
+    let mut loads = JoinSet::new();
+    let mut work = Vec::with_capacity(nodes);
+    for node in 0..nodes {
+        let chain = chains.open(node).map_err(BenchError::Chains)?;
+        work.push(NodeWork::start(chain.clone(), stats.clone()).map_err(BenchError::Chains)?);
+        let backlog = backlog.clone();
+        loads.spawn_blocking(move || {
+            let refused = chain
+                .submit_transactions(backlog, TimestampMs::now())
+                .into_iter()
+                .filter(Result::is_err)
+                .count();
+            (node, refused)
+        });
+    }
+    while let Some(loaded) = loads.join_next().await {
+        match loaded {
+            Ok((_, 0)) => {}
+            Ok((node, refused)) => {
+                return Err(BenchError::Chains(format!(
+                    "gossipsub node {node}'s mempool refused {refused} backlog transactions"
+                )));
+            }
+            Err(e) => return Err(BenchError::Chains(e.to_string())),
+        }
+    }
+    Ok(work)
 }
 
 /// CPU time of this process (all threads), to tell a CPU-bound run from a network-bound one.

@@ -35,6 +35,9 @@ pub struct RunConfig {
     pub tx_fanout: String,
     /// Our relay's announcement yield (`PropagationConfig::announce_yield`), ms.
     pub announce_yield_ms: u64,
+    /// Whether gossipsub's nodes did a node's work with what they were delivered (mempool,
+    /// import), as ours do ([`crate::chains::NodeWork`]).
+    pub gossip_node_work: bool,
     /// CPUs this process may use.
     pub cpus: usize,
     /// The machine's 1-minute load average when the run started and when it ended: above the
@@ -174,8 +177,8 @@ impl Report {
         let _ = writeln!(
             out,
             "propagation: {} nodes, {} links (mean degree {:.1}), {} regions, {:.0} s, {} tx/s, \
-             a block every {} ms (<= {} txs, backlog {}), seed {}, our tx fanout {}, announce yield {} ms; {} CPUs, load \
-             average {:.1} -> {:.1}",
+             a block every {} ms (<= {} txs, backlog {}), seed {}, our tx fanout {}, announce yield {} ms, gossipsub \
+             nodes {}; {} CPUs, load average {:.1} -> {:.1}",
             c.nodes,
             c.links,
             c.mean_degree,
@@ -188,6 +191,11 @@ impl Report {
             c.seed,
             c.tx_fanout,
             c.announce_yield_ms,
+            if c.gossip_node_work {
+                "import and keep mempools"
+            } else {
+                "only relay"
+            },
             c.cpus,
             c.load_average.0,
             c.load_average.1

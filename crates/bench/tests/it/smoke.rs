@@ -44,6 +44,23 @@ async fn tiny_propagation_run_reaches_every_node_and_reports_both_systems() {
         assert!(r.block.bound_p99_ms > 0.0, "{system}");
     }
     assert!(report.goals[0].met, "no item missing anywhere");
+    // Gossipsub's nodes did what ours do with every item: each of the 6 nodes (the origin
+    // included) took each tx into its mempool and imported each block, none refused or dropped.
+    assert!(report.config.gossip_node_work);
+    let work = |name: &str| report.gossipsub.notes[name];
+    assert_eq!(work("node_work_txs_accepted"), 240.0, "40 txs x 6 nodes");
+    assert_eq!(
+        work("node_work_blocks_imported"),
+        18.0,
+        "3 blocks x 6 nodes"
+    );
+    for name in [
+        "node_work_txs_refused",
+        "node_work_blocks_refused",
+        "node_work_dropped",
+    ] {
+        assert_eq!(work(name), 0.0, "{name}");
+    }
 
     let json = serde_json::to_value(&report).expect("serialises");
     for system in ["ours", "gossipsub"] {
