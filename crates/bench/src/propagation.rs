@@ -123,6 +123,14 @@ impl Default for Options {
     }
 }
 
+impl Options {
+    /// How long a transaction waits before a block takes it, in both systems' chains: half a
+    /// block interval, as the node does.
+    fn block_min_tx_age(&self) -> Duration {
+        self.block_interval / 2
+    }
+}
+
 /// Errors of the bench.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -243,8 +251,7 @@ async fn run_ours(
             announce_yield: opts.announce_yield,
             ..PropagationConfig::default()
         },
-        // As the node does: a transaction waits half a block interval before a block takes it.
-        opts.block_interval / 2,
+        opts.block_min_tx_age(),
     )
     .await?;
     let net = Arc::new(net);
@@ -441,7 +448,7 @@ async fn run_gossipsub(
     let work_stats = Arc::new(WorkStats::default());
     // Kept until the end: the nodes' chain databases.
     let (_chains, work) = if opts.gossip_node_work {
-        let chains = BenchChains::with_genesis(genesis, opts.block_interval / 2)
+        let chains = BenchChains::with_genesis(genesis, opts.block_min_tx_age())
             .map_err(BenchError::Chains)?;
         let work = gossip_node_work(opts.nodes, &chains, backlog, &work_stats).await?;
         (Some(chains), work)
