@@ -102,6 +102,8 @@ pub struct OursBytes {
     pub relay_total: u64,
     /// Relay frame bytes sent per message kind, in [`MessageKind::ALL`] order.
     pub per_kind: [u64; MessageKind::ALL.len()],
+    /// Relay frames sent per message kind, in [`MessageKind::ALL`] order.
+    pub frames_per_kind: [u64; MessageKind::ALL.len()],
     /// Every byte the networks wrote to streams (relay plus ping, identify, peer exchange and
     /// protocol negotiation).
     pub stream: u64,
@@ -129,6 +131,9 @@ impl OursBytes {
             block: self.block.saturating_sub(earlier.block),
             relay_total: self.relay_total.saturating_sub(earlier.relay_total),
             per_kind: std::array::from_fn(|i| self.per_kind[i].saturating_sub(earlier.per_kind[i])),
+            frames_per_kind: std::array::from_fn(|i| {
+                self.frames_per_kind[i].saturating_sub(earlier.frames_per_kind[i])
+            }),
             stream: self.stream.saturating_sub(earlier.stream),
             compact_rebuilt: self.compact_rebuilt.saturating_sub(earlier.compact_rebuilt),
             compact_partial: self.compact_partial.saturating_sub(earlier.compact_partial),
@@ -151,8 +156,10 @@ impl OursBytes {
         self.tx += sum(&TX_KINDS);
         self.block += sum(&BLOCK_KINDS);
         self.relay_total += m.sent.total().bytes;
-        for (total, kind) in self.per_kind.iter_mut().zip(MessageKind::ALL) {
-            *total += m.sent.get(kind).bytes;
+        for (i, kind) in MessageKind::ALL.into_iter().enumerate() {
+            let sent = m.sent.get(kind);
+            self.per_kind[i] += sent.bytes;
+            self.frames_per_kind[i] += sent.messages;
         }
         self.stream += stream;
         self.compact_rebuilt += m.engine.compact_rebuilt;

@@ -406,9 +406,14 @@ async fn run_ours(
         .chain(
             MessageKind::ALL
                 .iter()
-                .zip(bytes.per_kind)
-                .filter(|(_, b)| *b > 0)
-                .map(|(k, b)| (format!("bytes_{}", k.name()), b as f64)),
+                .zip(bytes.per_kind.into_iter().zip(bytes.frames_per_kind))
+                .filter(|(_, (b, _))| *b > 0)
+                .flat_map(|(k, (b, n))| {
+                    [
+                        (format!("bytes_{}", k.name()), b as f64),
+                        (format!("frames_{}", k.name()), n as f64),
+                    ]
+                }),
         )
         .collect(),
     };

@@ -51,6 +51,8 @@ pub mod framing;
 pub mod identity;
 pub mod latency;
 pub mod metrics;
+#[cfg(feature = "test-utils")]
+pub mod netns;
 pub mod peer_exchange;
 pub mod policy;
 pub mod protocol;

@@ -31,6 +31,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use playergold_net::netns::{Attach, Namespaces, ip, is_root};
 use playergold_net::testnet::{TestNode, quic_addr};
 use playergold_net::{NetworkConfig, NetworkName};
 
@@ -59,76 +60,6 @@ fn node_ip(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 77, 0, 10 + u8::try_from(i).expect("few nodes"))
 }
 
-/// Runs `ip` with `args`, failing with its stderr.
-fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run `ip` (install iproute2): {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "`ip {}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-/// The namespaces of one run; dropping it deletes them (and with them every interface).
-struct Namespaces {
-    hub: String,
-    nodes: Vec<String>,
-}
-
-impl Namespaces {
-    fn create(n: usize) -> Result<Self, String> {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let tag = format!("{:05x}", (std::process::id() ^ nanos) & 0xf_ffff);
-        let mut ns = Self {
-            hub: format!("pgm{tag}-hub"),
-            nodes: Vec::new(),
-        };
-        ip(&["netns", "add", &ns.hub])?;
-        ip(&["-n", &ns.hub, "link", "add", "br0", "type", "bridge"])?;
-        ip(&["-n", &ns.hub, "link", "set", "br0", "up"])?;
-        for i in 0..n {
-            let name = format!("pgm{tag}-{i}");
-            ip(&["netns", "add", &name])?;
-            ns.nodes.push(name.clone());
-            // Interface names are per namespace, so short fixed names cannot clash.
-            let (hub_end, node_end) = (format!("h{i}"), "eth0".to_owned());
-            ip(&[
-                "-n", &ns.hub, "link", "add", &hub_end, "type", "veth", "peer", "name", &node_end,
-                "netns", &name,
-            ])?;
-            ip(&[
-                "-n", &ns.hub, "link", "set", &hub_end, "master", "br0", "up",
-            ])?;
-            let cidr = format!("{}/24", node_ip(i));
-            ip(&["-n", &name, "addr", "add", &cidr, "dev", &node_end])?;
-            ip(&["-n", &name, "link", "set", &node_end, "up"])?;
-            ip(&["-n", &name, "link", "set", "lo", "up"])?;
-            // mDNS sends to 224.0.0.251; with no default route the kernel needs this one.
-            ip(&["-n", &name, "route", "add", "224.0.0.0/4", "dev", &node_end])?;
-        }
-        Ok(ns)
-    }
-}
-
-impl Drop for Namespaces {
-    fn drop(&mut self) {
-        for name in self.nodes.iter().chain(std::iter::once(&self.hub)) {
-            if let Err(e) = ip(&["netns", "delete", name]) {
-                eprintln!("cleanup: {e}");
-            }
-        }
-    }
-}
-
 /// The node processes; dropping stops them (ours, by their own pid). A node also stops by
 /// itself when its stdin closes, should this process die without running drops.
 struct Children(Vec<(Child, Option<ChildStdin>)>);
@@ -143,15 +74,20 @@ impl Drop for Children {
     }
 }
 
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|euid| euid == "0"))
+/// Six node namespaces on one bridge, each with a route for mDNS's multicast group.
+fn create_namespaces() -> Result<Namespaces, String> {
+    let attach: Vec<Attach> = (0..NODES)
+        .map(|i| Attach {
+            bridge: "br0",
+            address: node_ip(i),
         })
-        .unwrap_or(false)
+        .collect();
+    let namespaces = Namespaces::create("pgm", &["br0"], &attach)?;
+    for ns in namespaces.nodes() {
+        // mDNS sends to 224.0.0.251; with no default route the kernel needs this one.
+        ip(&["-n", ns, "route", "add", "224.0.0.0/4", "dev", "eth0"])?;
+    }
+    Ok(namespaces)
 }
 
 #[test]
@@ -167,13 +103,13 @@ fn six_namespaces_on_a_bridge_find_each_other_through_mdns_alone() {
         "this test creates network namespaces and must run as root (CI does): \
          run `sudo -E cargo test -p playergold-net --test it mdns`"
     );
-    let namespaces = Namespaces::create(NODES).unwrap_or_else(|e| panic!("netns setup: {e}"));
+    let namespaces = create_namespaces().unwrap_or_else(|e| panic!("netns setup: {e}"));
     let exe = std::env::current_exe().expect("test binary path");
     let exe = exe.to_str().expect("utf-8 path");
     let name = test_name();
     let (tx, rx) = mpsc::channel::<(usize, String)>();
     let mut children = Children(Vec::new());
-    for (i, ns) in namespaces.nodes.iter().enumerate() {
+    for (i, ns) in namespaces.nodes().iter().enumerate() {
         let mut child = Command::new("ip")
             .args(["netns", "exec", ns, exe, &name, "--exact", "--nocapture"])
             .args(["--test-threads", "1"])

@@ -30,6 +30,8 @@ use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use playergold_net::netns::{Attach, Namespaces, ip, is_root};
+
 use crate::{RunningNode, run_ok};
 
 /// Nodes (and namespaces) in the test.
@@ -77,99 +79,29 @@ fn test_name() -> String {
     format!("{module}::ten_nodes_split_six_four_by_a_link_converge_on_the_heavier_side")
 }
 
-/// Runs `ip` with `args`, failing with its stderr.
-fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run `ip` (install iproute2): {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "`ip {}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|euid| euid == "0"))
+/// The hub with its two bridges joined by the `x0`/`x1` veth pair, and the node namespaces:
+/// the first `MAJORITY` on `br0`, the rest on `br1`.
+fn create_namespaces() -> Result<Namespaces, String> {
+    let attach: Vec<Attach> = (0..NODES)
+        .map(|i| Attach {
+            bridge: if i < MAJORITY { "br0" } else { "br1" },
+            address: node_ip(i),
         })
-        .unwrap_or(false)
+        .collect();
+    let namespaces = Namespaces::create("pgp", &["br0", "br1"], &attach)?;
+    let hub = namespaces.hub();
+    ip(&[
+        "-n", hub, "link", "add", "x0", "type", "veth", "peer", "name", "x1",
+    ])?;
+    ip(&["-n", hub, "link", "set", "x0", "master", "br0", "up"])?;
+    ip(&["-n", hub, "link", "set", "x1", "master", "br1", "up"])?;
+    Ok(namespaces)
 }
 
-/// The namespaces of one run; dropping it deletes them (and with them every interface).
-struct Namespaces {
-    hub: String,
-    nodes: Vec<String>,
-}
-
-impl Namespaces {
-    /// The hub with its two bridges joined by the `x0`/`x1` veth pair, and `n` node
-    /// namespaces: the first `majority` on `br0`, the rest on `br1`.
-    fn create(n: usize, majority: usize) -> Result<Self, String> {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let tag = format!("{:05x}", (std::process::id() ^ nanos) & 0xf_ffff);
-        let mut ns = Self {
-            hub: format!("pgp{tag}-hub"),
-            nodes: Vec::new(),
-        };
-        ip(&["netns", "add", &ns.hub])?;
-        for br in ["br0", "br1"] {
-            ip(&["-n", &ns.hub, "link", "add", br, "type", "bridge"])?;
-            ip(&["-n", &ns.hub, "link", "set", br, "up"])?;
-        }
-        ip(&[
-            "-n", &ns.hub, "link", "add", "x0", "type", "veth", "peer", "name", "x1",
-        ])?;
-        ip(&["-n", &ns.hub, "link", "set", "x0", "master", "br0", "up"])?;
-        ip(&["-n", &ns.hub, "link", "set", "x1", "master", "br1", "up"])?;
-        for i in 0..n {
-            let name = format!("pgp{tag}-{i}");
-            ip(&["netns", "add", &name])?;
-            ns.nodes.push(name.clone());
-            // Interface names are per namespace, so short fixed names cannot clash.
-            let hub_end = format!("h{i}");
-            let bridge = if i < majority { "br0" } else { "br1" };
-            ip(&[
-                "-n", &ns.hub, "link", "add", &hub_end, "type", "veth", "peer", "name", "eth0",
-                "netns", &name,
-            ])?;
-            ip(&[
-                "-n", &ns.hub, "link", "set", &hub_end, "master", bridge, "up",
-            ])?;
-            let cidr = format!("{}/24", node_ip(i));
-            ip(&["-n", &name, "addr", "add", &cidr, "dev", "eth0"])?;
-            ip(&["-n", &name, "link", "set", "eth0", "up"])?;
-            ip(&["-n", &name, "link", "set", "lo", "up"])?;
-        }
-        Ok(ns)
-    }
-
-    /// Takes the link between the bridges down (`false`) or up (`true`).
-    fn set_link(&self, up: bool) {
-        let state = if up { "up" } else { "down" };
-        ip(&["-n", &self.hub, "link", "set", "x0", state]).unwrap_or_else(|e| panic!("{e}"));
-    }
-}
-
-impl Drop for Namespaces {
-    fn drop(&mut self) {
-        for name in self.nodes.iter().chain(std::iter::once(&self.hub)) {
-            if let Err(e) = ip(&["netns", "delete", name]) {
-                eprintln!("cleanup: {e}");
-            }
-        }
-    }
+/// Takes the link between the bridges down (`false`) or up (`true`).
+fn set_link(namespaces: &Namespaces, up: bool) {
+    let state = if up { "up" } else { "down" };
+    ip(&["-n", namespaces.hub(), "link", "set", "x0", state]).unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// An API proxy in one namespace; dropping it closes its stdin (it exits) and reaps it.
@@ -400,12 +332,11 @@ fn ten_nodes_split_six_four_by_a_link_converge_on_the_heavier_side() {
         write_config(&data_dir(i), i, &bootstrap);
     }
 
-    let namespaces =
-        Namespaces::create(NODES, MAJORITY).unwrap_or_else(|e| panic!("netns setup: {e}"));
+    let namespaces = create_namespaces().unwrap_or_else(|e| panic!("netns setup: {e}"));
     let exe = env!("CARGO_BIN_EXE_playergold");
     // Node 0 (the bootstrap node) first, so nobody starts with a failed bootstrap dial.
     let mut running: Vec<RunningNode> = Vec::new();
-    for (i, ns) in namespaces.nodes.iter().enumerate() {
+    for (i, ns) in namespaces.nodes().iter().enumerate() {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", ns, exe, "node", "--data-dir"])
             .arg(data_dir(i));
@@ -420,7 +351,7 @@ fn ten_nodes_split_six_four_by_a_link_converge_on_the_heavier_side() {
         running.push(node);
     }
     let mut proxies: Vec<Proxy> = namespaces
-        .nodes
+        .nodes()
         .iter()
         .enumerate()
         .map(|(i, ns)| Proxy::spawn(ns, api_addr(i)))
@@ -440,7 +371,7 @@ fn ten_nodes_split_six_four_by_a_link_converge_on_the_heavier_side() {
     );
 
     // Split 6/4.
-    namespaces.set_link(false);
+    set_link(&namespaces, false);
     let split_at = Instant::now();
     wait_all(
         &mut proxies,
@@ -496,7 +427,7 @@ fn ten_nodes_split_six_four_by_a_link_converge_on_the_heavier_side() {
     );
 
     // Heal.
-    namespaces.set_link(true);
+    set_link(&namespaces, true);
     let healed_at = Instant::now();
     wait_group(
         &mut proxies,
