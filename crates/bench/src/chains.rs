@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use playergold_chain::{Blockchain, ChainBackend, ChainConfig, ProofOfAuthority};
 use playergold_primitives::{Block, Genesis, Keypair, TimestampMs, Transaction, codec};
+use playergold_services::relay::{IMPORT_NICENESS, lower_current_thread_priority};
 use tokio::sync::mpsc;
 
 /// Network name of the bench chain (also part of every protocol id).
@@ -166,14 +167,19 @@ pub struct NodeWork {
 
 impl NodeWork {
     /// Starts the thread that feeds `chain` what the node is given (named `gs-work`, so a
-    /// profile tells its CPU apart): one OS thread per node, as our relay's owner has. It ends
-    /// when every `NodeWork` of it is dropped.
+    /// profile tells its CPU apart): one OS thread per node, as our relay's owner has, at the
+    /// niceness our relay imports at ([`IMPORT_NICENESS`]): gossipsub relays before the node
+    /// sees an item, so all of this thread's work is, like our imports, off the relay's path.
+    /// It ends when every `NodeWork` of it is dropped.
     pub fn start(chain: Arc<Blockchain>, stats: Arc<WorkStats>) -> Result<Self, String> {
         let (work, mut rx) = mpsc::channel(WORK_CAPACITY);
         let counts = stats.clone();
         std::thread::Builder::new()
             .name("gs-work".into())
             .spawn(move || {
+                if let Err(e) = lower_current_thread_priority(IMPORT_NICENESS) {
+                    tracing::warn!(error = %e, "gossipsub's node work runs at normal priority");
+                }
                 while let Some(item) = rx.blocking_recv() {
                     do_work(&chain, &counts, item);
                 }

@@ -25,9 +25,12 @@
 //! the frames first, then rebuilds compact blocks from the mempool (reported as
 //! [`RelayServiceEvent::BlockReceived`]), then imports: a block relayed on its valid header (the
 //! engine's BIP152-style relay) leaves before its body is rebuilt or checked, so each hop adds a
-//! link delay, not a rebuild and an import.
+//! link delay, not a rebuild and an import. The imports themselves run on the relay's import
+//! thread, at a lower CPU priority ([`IMPORT_NICENESS`]), while the owner waits: on a contended
+//! CPU, relaying (this node's and every other program's) goes before importing.
 
 mod host;
+mod import;
 mod io;
 mod metrics;
 mod task;
@@ -55,6 +58,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
+pub use import::{IMPORT_NICENESS, lower_current_thread_priority};
 pub use metrics::{MessageCounter, MessageKind, WireCounters};
 
 /// Protocol name part: `/playergold/<network>/relay/<version>`.

@@ -15,6 +15,8 @@ use playergold_chain::{
 use playergold_primitives::{Block, BlockHash, BlockHeader, TimestampMs, Transaction, TxId};
 use playergold_protocol::relay::{BlockVerdict, HeaderVerdict, RelayHost, TxVerdict};
 
+use super::import::ImportThread;
+
 /// Mempool transactions remembered for compact-block rebuilding: the chain's default mempool
 /// size, so every transaction the pool can hold is found. Older ids are forgotten first; one that
 /// was forgotten is fetched with the block's missing transactions instead.
@@ -81,6 +83,8 @@ impl Tracked {
 #[derive(Debug)]
 pub(crate) struct ChainHost {
     chain: Arc<Blockchain>,
+    /// Where blocks are imported (see [`ImportThread`]).
+    imports: ImportThread,
     tracked: Tracked,
     last_tx_error: Option<String>,
     last_block_error: Option<String>,
@@ -90,6 +94,7 @@ impl ChainHost {
     pub(crate) fn new(chain: Arc<Blockchain>) -> ChainHost {
         ChainHost {
             chain,
+            imports: ImportThread::spawn(),
             tracked: Tracked::default(),
             last_tx_error: None,
             last_block_error: None,
@@ -191,7 +196,15 @@ impl RelayHost for ChainHost {
     fn submit_block(&mut self, block: Block) -> BlockVerdict {
         let ids = block.tx_ids();
         let parent = block.header.parent;
-        match self.chain.import_block(block, TimestampMs::now()) {
+        let chain = self.chain.clone();
+        let imported = self
+            .imports
+            .run(move || chain.import_block(block, TimestampMs::now()));
+        let Some(imported) = imported else {
+            self.last_block_error = Some("the import thread lost the block".to_owned());
+            return BlockVerdict::Refused;
+        };
+        match imported {
             Ok(ImportOutcome::Imported { .. }) => {
                 for id in &ids {
                     self.tracked.remove(id);
