@@ -314,6 +314,10 @@ pub struct Blockchain {
     consensus: Arc<dyn Consensus>,
     store: ChainStore,
     state: Mutex<State>,
+    /// The best tip as of the last change, set under `state`'s lock: [`ChainBackend::tip`]
+    /// answers without waiting for an import in progress (which may run at a low CPU
+    /// priority, see the relay's import thread).
+    tip: Mutex<ChainTip>,
     block_min_tx_age: std::time::Duration,
     preverified: Mutex<Preverified>,
 }
@@ -345,6 +349,12 @@ impl Blockchain {
                 "best chain index disagrees with the stored tip".into(),
             ));
         }
+        let state = State {
+            index,
+            best_chain,
+            orphans: OrphanPool::new(),
+            mempool: Mempool::new(config.mempool),
+        };
         Ok(Blockchain {
             genesis_hash: genesis_block.hash(),
             genesis,
@@ -352,12 +362,8 @@ impl Blockchain {
             store,
             block_min_tx_age: config.block_min_tx_age,
             preverified: Mutex::new(Preverified::default()),
-            state: Mutex::new(State {
-                index,
-                best_chain,
-                orphans: OrphanPool::new(),
-                mempool: Mempool::new(config.mempool),
-            }),
+            tip: Mutex::new(state.tip()),
+            state: Mutex::new(state),
         })
     }
 
@@ -366,11 +372,13 @@ impl Blockchain {
     /// the threads that read peers' frames: each checks its own peer's transactions, in
     /// parallel, before the one task that submits them sees them. Returns how many verified.
     pub fn preverify(&self, txs: &[Transaction]) -> usize {
+        // Skipping what the mempool holds saves work, so it is not worth waiting for: while an
+        // import holds the chain (at a low priority, perhaps), every signature is checked.
         let fresh: Vec<(TxId, &Transaction)> = {
-            let st = self.state.lock();
+            let st = self.state.try_lock();
             txs.iter()
                 .map(|tx| (tx.id(), tx))
-                .filter(|(id, _)| !st.mempool.contains(id))
+                .filter(|(id, _)| !st.as_ref().is_some_and(|st| st.mempool.contains(id)))
                 .collect()
         };
         let refs: Vec<&Transaction> = fresh.iter().map(|(_, tx)| *tx).collect();
@@ -762,7 +770,7 @@ impl ChainBackend for Blockchain {
     }
 
     fn tip(&self) -> ChainTip {
-        self.state.lock().tip()
+        *self.tip.lock()
     }
 
     fn has_block(&self, hash: &BlockHash) -> bool {
@@ -884,6 +892,7 @@ impl ChainBackend for Blockchain {
             outcomes.clear();
             error = Some((hash, e.into()));
         }
+        *self.tip.lock() = st.tip();
         BatchImport { outcomes, error }
     }
 

@@ -15,6 +15,7 @@
 //!            ▼ bounded mpsc (count and bytes)
 //!  owning task ── RelayEngine<PeerId>::handle_message ──► RelayHost = ChainHost ─► Blockchain
 //!     │  ▲  ▲                                           (mempool, header checks, import)
+//!     │  │  │                      block imports: import thread, niceness 10, owner waits
 //!     │  │  └── RelayHandle commands (local work first): submit tx, propagate block, AI ...
 //!     │  └───── NetworkEvent: peer connected / disconnected / identified; poll_timeout timers
 //!     ├─► events: bounded broadcast of RelayServiceEvent (offences, new items, settlements)
