@@ -326,7 +326,7 @@ impl std::fmt::Debug for Blockchain {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Blockchain")
             .field("network", &self.genesis.network)
-            .field("tip", &self.state.lock().tip())
+            .field("tip", &*self.tip.lock())
             .finish()
     }
 }
@@ -367,7 +367,8 @@ impl Blockchain {
         })
     }
 
-    /// Checks the signatures of `txs` not in the mempool yet, in one batch on this thread, and
+    /// Checks the signatures of `txs` not in the mempool yet (all of them while an import holds
+    /// the chain: the filter is not worth waiting for), in one batch on this thread, and
     /// remembers the valid ones so that their submission does not check them again. Meant for
     /// the threads that read peers' frames: each checks its own peer's transactions, in
     /// parallel, before the one task that submits them sees them. Returns how many verified.
@@ -418,7 +419,8 @@ impl Blockchain {
 
     /// When `key` may next produce on the current tip, if it is a producer at all.
     pub fn next_production_time(&self, key: &Keypair, now: TimestampMs) -> Option<TimestampMs> {
-        let tip = self.tip();
+        // After any import in progress, as `build_block` will see the chain.
+        let tip = self.state.lock().tip();
         let parent = self.store.header(&tip.hash).ok()??;
         self.consensus
             .next_production_time(&key.public(), &parent, now)

@@ -197,9 +197,12 @@ impl RelayHost for ChainHost {
         let ids = block.tx_ids();
         let parent = block.header.parent;
         let chain = self.chain.clone();
-        let imported = self
-            .imports
-            .run(move || chain.import_block(block, TimestampMs::now()));
+        // The chain's logs stay tied to this node's relay.
+        let span = tracing::Span::current();
+        let imported = self.imports.run(move || {
+            let _entered = span.enter();
+            chain.import_block(block, TimestampMs::now())
+        });
         let Some(imported) = imported else {
             self.last_block_error = Some("the import thread lost the block".to_owned());
             return BlockVerdict::Refused;

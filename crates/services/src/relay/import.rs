@@ -8,19 +8,24 @@
 //! ```
 //!
 //! By the time a block is imported it has left on every link: what remains (signature checks,
-//! state, one durable store commit) is the heaviest work a block causes, and nothing waits on
-//! it but this node's own chain. Where the CPU is contended (a node beside the owner's AI work,
-//! or many nodes on one host), the kernel then serves relaying first, here and in every other
-//! program, and the import takes what is left; on an idle machine it runs at full speed. The
-//! owner waits for the import exactly as when it imported itself, so the engine's order of
-//! events does not change. The niceness only ever goes down (lower priority), which needs no
-//! privilege; where it cannot be set, imports run at the thread's normal priority.
+//! state, one durable store commit) is the heaviest work a block causes, and nothing but this
+//! node's own chain waits on it. Where relays share a CPU (a devnet, several nodes on one host)
+//! the kernel then runs the others' relaying before this import, and the other programs of a
+//! busy machine (its owner's AI work) go before it too; on an idle machine it runs at full
+//! speed. The owner waits for the import exactly as when it imported itself, so the engine's
+//! order of events does not change; the cost is that on a busy machine the items that reach the
+//! owner during an import wait longer for it (an owner that went on while the import runs is
+//! the way past that). The priority is only ever lowered, never raised, and only under a normal
+//! (not real-time) policy; where it cannot be set, imports run at the thread's own priority.
 
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::mpsc::{SendError, Sender, sync_channel};
 use std::thread;
 
-use thread_priority::{ThreadPriority, ThreadPriorityValue, set_current_thread_priority};
+use thread_priority::{
+    ThreadPriority, ThreadPriorityValue, ThreadSchedulePolicy, set_current_thread_priority,
+    thread_schedule_policy,
+};
 
 /// Niceness of the import thread: weight 110 against 1,024 for a thread at niceness 0, so it
 /// gets about a tenth of a contended CPU while anything else wants it, and all of an idle one.
@@ -85,13 +90,33 @@ impl ImportThread {
     }
 }
 
-/// Lowers this thread's CPU priority to `niceness` (Linux's per-thread nice value, -20..=19).
-/// Lowering needs no privilege; raising does, so a higher value than the thread's own fails.
+/// Lowers this thread's CPU priority to `niceness` (Linux's per-thread nice value, -20..=19):
+/// left as it is if the thread already runs at that niceness or lower, or under a real-time
+/// policy. Lowering needs no privilege.
 pub fn lower_current_thread_priority(niceness: i8) -> Result<(), String> {
     let value = crossplatform_for_niceness(niceness)
         .ok_or_else(|| format!("niceness {niceness} is outside -20..=19"))?;
+    match thread_schedule_policy() {
+        Ok(ThreadSchedulePolicy::Normal(_)) => {}
+        Ok(policy) => return Err(format!("the thread runs under {policy:?}: left as it is")),
+        Err(e) => return Err(format!("cannot read the thread's scheduling policy: {e:?}")),
+    }
+    if current_niceness()? >= i64::from(niceness) {
+        return Ok(());
+    }
     set_current_thread_priority(ThreadPriority::Crossplatform(value))
         .map_err(|e| format!("cannot set the thread's niceness to {niceness}: {e:?}"))
+}
+
+/// This thread's nice value as the kernel reports it (field 19 of `/proc/thread-self/stat`).
+fn current_niceness() -> Result<i64, String> {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat")
+        .map_err(|e| format!("cannot read the thread's nice value: {e}"))?;
+    // The command name (field 2) may hold spaces; the fields after its ')' are plain.
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(16))
+        .and_then(|field| field.parse().ok())
+        .ok_or_else(|| "no nice value in /proc/thread-self/stat".to_owned())
 }
 
 /// The `thread-priority` value that its Linux mapping turns into `niceness` for a normal
@@ -111,15 +136,8 @@ fn crossplatform_for_niceness(niceness: i8) -> Option<ThreadPriorityValue> {
 mod tests {
     use super::*;
 
-    /// This thread's nice value as the kernel reports it (field 19 of `/proc/thread-self/stat`).
     fn kernel_niceness() -> i64 {
-        let stat = std::fs::read_to_string("/proc/thread-self/stat").expect("procfs");
-        // The command name (field 2) may hold spaces; the fields after its ')' are plain.
-        let rest = stat.rsplit_once(')').expect("stat format").1;
-        rest.split_whitespace()
-            .nth(16)
-            .and_then(|f| f.parse().ok())
-            .expect("nice field")
+        current_niceness().expect("procfs")
     }
 
     #[test]
@@ -148,6 +166,18 @@ mod tests {
         }
         assert!(crossplatform_for_niceness(20).is_none());
         assert!(crossplatform_for_niceness(-21).is_none());
+    }
+
+    #[test]
+    fn a_thread_already_lower_is_left_as_it_is() {
+        let lowest = std::thread::spawn(|| {
+            lower_current_thread_priority(19).expect("lowering needs no privilege");
+            lower_current_thread_priority(IMPORT_NICENESS).expect("nothing to do");
+            kernel_niceness()
+        })
+        .join()
+        .expect("thread");
+        assert_eq!(lowest, 19);
     }
 
     #[test]
