@@ -27,7 +27,7 @@
 //! engine's BIP152-style relay) leaves before its body is rebuilt or checked, so each hop adds a
 //! link delay, not a rebuild and an import. The imports themselves run on the relay's import
 //! thread, at a lower CPU priority ([`IMPORT_NICENESS`]), while the owner waits: on a contended
-//! CPU, relaying (this node's and every other program's) goes before importing.
+//! CPU, other relays and programs go before our import (this owner's next items wait for it).
 
 mod host;
 mod import;
