@@ -2,15 +2,30 @@
 //!
 //! A deterministic struct: every call takes the current wall-clock time in milliseconds, so the
 //! same sequence of reports gives the same scores, disconnects and bans (the table test below).
-//! Scores live in [`MIN_SCORE`, `MAX_SCORE`] and decay exponentially toward 0 with a configurable
-//! half-life, so old misdeeds and old merits fade. Crossing `disconnect_below` asks for a
-//! disconnect, crossing `ban_below` (or any fatal offence) bans, for a duration that doubles with
-//! each repeat ban. Bans carry wall-clock expiry so they persist across restarts
-//! ([`Reputation::bans`] / [`Reputation::restore_bans`]).
+//! A peer's score is the sum of two parts, each decaying exponentially toward 0:
+//!
+//! - the **conduct** part: proven misbehaviour (invalid data, protocol violations) and merits
+//!   (useful deliveries, answers), in [`MIN_SCORE`, `MAX_SCORE`], with a half-life of minutes;
+//! - the **slowness** part: timeouts, stalls, unrequested or duplicate items, requests over a
+//!   rate ([`Severity::Low`]). It never goes below `ReputationConfig::slowness_floor` and halves
+//!   within a minute: a busy honest peer is the normal case, not an attack.
+//!
+//! ```text
+//!  report(reason) ─► Low?  ─► slowness = max(slowness + δ, floor)   (can only disconnect)
+//!                   └► else ─► conduct  = clamp(conduct + δ)         (can ban)
+//!  score = conduct + slowness ≤ disconnect_below ─► Disconnect (it may come back)
+//!  Fatal, or conduct ≤ ban_below                 ─► Ban (once; doubled on each repeat)
+//! ```
+//!
+//! Invariant: slowness alone never bans, whatever the rate of reports, because bans look at the
+//! conduct part only; a peer that stays useless is disconnected and may reconnect. Bans carry
+//! wall-clock expiry so they persist across restarts ([`Reputation::bans`] /
+//! [`Reputation::restore_bans`]). A ban is reported once ([`Action::Ban`]); later reports about a
+//! banned peer (messages racing its disconnect) ask for nothing more.
 //!
 //! Local-fault guard: while [`Reputation::set_local_overload`] is on (our store is failing, we are
-//! overloaded, we are far behind), timeout-type reports are ignored: we never blame a peer for
-//! our own failure.
+//! overloaded, we are far behind), slowness reports are ignored: we never blame a peer for our
+//! own failure.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::Hash;
@@ -46,7 +61,8 @@ pub enum Severity {
     High,
     /// Wrong but possibly honest (a body relayed in good faith, a malformed reply).
     Medium,
-    /// Usually honest trouble (timeouts, duplicates, slowness).
+    /// Usually honest trouble (timeouts, stalls, duplicates, unrequested items, requests over
+    /// a rate): moves only the slowness part of the score, which can never ban.
     Low,
     /// Useful work: first delivery of a valid item.
     UsefulDelivery,
@@ -105,28 +121,28 @@ impl Reason {
             | Reason::WrongGenesis
             | Reason::MalformedFrame
             | Reason::Manual
-            | Reason::Relay(Offence::InvalidHeader) => Severity::Fatal,
-            Reason::Relay(Offence::InvalidTransaction | Offence::InvalidAiMessage)
-            | Reason::InvalidHeaders
-            | Reason::AiSolution(false) => Severity::High,
+            | Reason::Relay(
+                Offence::InvalidHeader | Offence::InvalidTransaction | Offence::InvalidAiMessage,
+            ) => Severity::Fatal,
+            Reason::InvalidHeaders | Reason::AiSolution(false) => Severity::High,
             Reason::Relay(Offence::InvalidBlockBody | Offence::MalformedReply)
-            | Reason::Stalled
             | Reason::AiVerdict(false) => Severity::Medium,
             Reason::Relay(
                 Offence::Unrequested | Offence::RequestTimeout | Offence::RequestFlood,
             )
+            | Reason::Stalled
             | Reason::RateLimited => Severity::Low,
             Reason::Delivered | Reason::AiSolution(true) => Severity::UsefulDelivery,
             Reason::Answered | Reason::AiVerdict(true) => Severity::Answered,
         }
     }
 
-    /// Whether this is a timeout-type report, ignored while we are overloaded.
-    fn is_timeout(self) -> bool {
-        matches!(
-            self,
-            Reason::Relay(Offence::RequestTimeout) | Reason::Stalled
-        )
+    /// Whether this reports slowness (a late, missing or surplus message), not misbehaviour:
+    /// it moves only the slowness part, and is ignored while we are overloaded (when we are
+    /// slow, our timeouts fire before we read the answers, and those answers then look late or
+    /// unrequested).
+    pub fn is_slowness(self) -> bool {
+        self.severity() == Severity::Low
     }
 }
 
@@ -165,8 +181,13 @@ pub enum Action {
 /// Reputation settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReputationConfig {
-    /// Half-life of scores, in ms.
+    /// Half-life of the conduct part of scores, in ms.
     pub half_life_ms: u64,
+    /// Half-life of the slowness part, in ms.
+    pub slowness_half_life_ms: u64,
+    /// Lowest the slowness part can go (≤ 0). Below `disconnect_below`, so that a peer that only
+    /// times out can be disconnected; bans never look at it.
+    pub slowness_floor: f64,
     /// Below this score a peer is disconnected.
     pub disconnect_below: f64,
     /// Below this score a peer is banned.
@@ -182,8 +203,13 @@ pub struct ReputationConfig {
 impl Default for ReputationConfig {
     fn default() -> Self {
         ReputationConfig {
-            // Ten minutes: a burst of timeouts is forgiven within the hour.
+            // Ten minutes: a burst of bad data is forgiven within the hour.
             half_life_ms: 10 * 60 * 1000,
+            // One minute: a burst of timeouts under load is forgotten as soon as it ends.
+            slowness_half_life_ms: 60 * 1000,
+            // 30 timeouts (-2 each) within a few seconds, with nothing useful delivered: it may
+            // reconnect once it has halved back above -50, about 15 s later.
+            slowness_floor: -60.0,
             disconnect_below: -50.0,
             ban_below: -90.0,
             base_ban_ms: 60 * 60 * 1000,
@@ -204,8 +230,12 @@ pub struct Ban {
 
 #[derive(Debug, Clone)]
 struct Entry {
+    /// The conduct part, as of `updated`.
     score: f64,
     updated: TimestampMs,
+    /// The slowness part (≤ 0), as of `slow_updated`.
+    slowness: f64,
+    slow_updated: TimestampMs,
     log: VecDeque<LogEntry>,
     ip: Option<IpAddr>,
 }
@@ -254,8 +284,18 @@ impl<P: PeerKey + Hash> Reputation<P> {
     }
 
     fn decayed(&self, score: f64, from: TimestampMs, now: TimestampMs) -> f64 {
-        let dt = now.0.saturating_sub(from.0) as f64;
-        score * 0.5f64.powf(dt / self.config.half_life_ms.max(1) as f64)
+        decay(score, from, now, self.config.half_life_ms)
+    }
+
+    /// The current score of an entry: conduct plus slowness, each decayed to `now`.
+    fn total(&self, e: &Entry, now: TimestampMs) -> f64 {
+        let slowness = decay(
+            e.slowness,
+            e.slow_updated,
+            now,
+            self.config.slowness_half_life_ms,
+        );
+        (self.decayed(e.score, e.updated, now) + slowness).clamp(MIN_SCORE, MAX_SCORE)
     }
 
     fn entry(&mut self, peer: P, now: TimestampMs) -> &mut Entry {
@@ -273,13 +313,20 @@ impl<P: PeerKey + Hash> Reputation<P> {
         self.peers.entry(peer).or_insert_with(|| Entry {
             score: 0.0,
             updated: now,
+            slowness: 0.0,
+            slow_updated: now,
             log: VecDeque::new(),
             ip: None,
         })
     }
 
-    /// The current (decayed) score; 0 for an unknown peer.
+    /// The current (decayed) score, conduct plus slowness; 0 for an unknown peer.
     pub fn score(&self, peer: &P, now: TimestampMs) -> f64 {
+        self.peers.get(peer).map_or(0.0, |e| self.total(e, now))
+    }
+
+    /// The current (decayed) conduct part alone: what bans look at.
+    pub fn conduct(&self, peer: &P, now: TimestampMs) -> f64 {
         self.peers
             .get(peer)
             .map_or(0.0, |e| self.decayed(e.score, e.updated, now))
@@ -290,7 +337,7 @@ impl<P: PeerKey + Hash> Reputation<P> {
         let mut out: Vec<(P, f64)> = self
             .peers
             .iter()
-            .map(|(p, e)| (*p, self.decayed(e.score, e.updated, now)))
+            .map(|(p, e)| (*p, self.total(e, now)))
             .collect();
         out.sort_by_key(|(p, _)| *p);
         out
@@ -306,15 +353,31 @@ impl<P: PeerKey + Hash> Reputation<P> {
 
     /// Records an event and says what to do about the peer.
     pub fn report(&mut self, peer: P, reason: Reason, now: TimestampMs) -> Action {
-        if self.overloaded && reason.is_timeout() {
+        let slowness = reason.is_slowness();
+        if self.overloaded && slowness {
             return Action::None;
         }
         let severity = reason.severity();
-        let decayed = self.score(&peer, now);
-        let score = (decayed + severity.delta()).clamp(MIN_SCORE, MAX_SCORE);
+        let conduct = self.conduct(&peer, now);
+        let slow_half_life = self.config.slowness_half_life_ms;
+        let floor = self.config.slowness_floor.min(0.0);
         let e = self.entry(peer, now);
-        e.score = score;
-        e.updated = now;
+        // The conduct part after this report; `None` for slowness, which never bans.
+        let conduct = if slowness {
+            let decayed = decay(e.slowness, e.slow_updated, now, slow_half_life);
+            e.slowness = (decayed + severity.delta()).clamp(floor, 0.0);
+            e.slow_updated = now;
+            None
+        } else {
+            e.score = (conduct + severity.delta()).clamp(MIN_SCORE, MAX_SCORE);
+            e.updated = now;
+            Some(e.score)
+        };
+        let ip = e.ip;
+        let score = self.score(&peer, now);
+        let Some(e) = self.peers.get_mut(&peer) else {
+            return Action::None;
+        };
         if e.log.len() >= REASON_LOG_LEN {
             e.log.pop_front();
         }
@@ -323,11 +386,14 @@ impl<P: PeerKey + Hash> Reputation<P> {
             reason,
             score_after: score,
         });
-        let ip = e.ip;
         if self.exempt.contains(&peer) && reason != Reason::Manual {
             return Action::None;
         }
-        if severity == Severity::Fatal || score <= self.config.ban_below {
+        if self.is_banned(&peer, now) {
+            // Reports racing the disconnect of a banned peer: it is refused already.
+            return Action::None;
+        }
+        if severity == Severity::Fatal || conduct.is_some_and(|c| c <= self.config.ban_below) {
             return self.ban(peer, ip, now);
         }
         if score <= self.config.disconnect_below {
@@ -337,10 +403,6 @@ impl<P: PeerKey + Hash> Reputation<P> {
     }
 
     fn ban(&mut self, peer: P, ip: Option<IpAddr>, now: TimestampMs) -> Action {
-        if let Some(b) = self.bans.get(&peer).filter(|b| b.until > now) {
-            // Already banned: reports racing the disconnect do not extend it.
-            return Action::Ban { until: b.until };
-        }
         let count = self
             .bans
             .get(&peer)
@@ -461,7 +523,7 @@ impl<P: PeerKey + Hash> Reputation<P> {
     pub fn distribution(&self, now: TimestampMs) -> [usize; 5] {
         let mut out = [0; 5];
         for e in self.peers.values() {
-            let s = self.decayed(e.score, e.updated, now);
+            let s = self.total(e, now);
             let i = match s {
                 s if s <= -50.0 => 0,
                 s if s <= -10.0 => 1,
@@ -473,6 +535,12 @@ impl<P: PeerKey + Hash> Reputation<P> {
         }
         out
     }
+}
+
+/// `score` at `from`, decayed to `now` with `half_life_ms`.
+fn decay(score: f64, from: TimestampMs, now: TimestampMs, half_life_ms: u64) -> f64 {
+    let dt = now.0.saturating_sub(from.0) as f64;
+    score * 0.5f64.powf(dt / half_life_ms.max(1) as f64)
 }
 
 #[cfg(test)]
@@ -494,33 +562,14 @@ mod tests {
                 -2.0,
                 Action::None,
             ),
-            // Ten minutes later the -2 has halved to -1, then a bad tx: -26.
-            (
-                10,
-                Reason::Relay(Offence::InvalidTransaction),
-                -26.0,
-                Action::None,
-            ),
-            (
-                10,
-                Reason::Relay(Offence::InvalidTransaction),
-                -51.0,
-                Action::Disconnect,
-            ),
-            // One half-life later: -25.5, plus a delivery: -24.5.
-            (20, Reason::Delivered, -24.5, Action::None),
-            (
-                20,
-                Reason::Relay(Offence::InvalidTransaction),
-                -49.5,
-                Action::None,
-            ),
-            (
-                20,
-                Reason::Relay(Offence::InvalidTransaction),
-                -74.5,
-                Action::Disconnect,
-            ),
+            // Ten minutes later the timeout's -2 has halved ten times (to -0.002), then bad
+            // headers: -25.
+            (10, Reason::InvalidHeaders, -25.0, Action::None),
+            (10, Reason::InvalidHeaders, -50.0, Action::Disconnect),
+            // One half-life later: -25, plus a delivery: -24.
+            (20, Reason::Delivered, -24.0, Action::None),
+            (20, Reason::InvalidHeaders, -49.0, Action::None),
+            (20, Reason::InvalidHeaders, -74.0, Action::Disconnect),
         ];
         for (i, (m, reason, score, action)) in steps.into_iter().enumerate() {
             assert_eq!(rep.report(1, reason, t(m)), action, "step {i}");
@@ -530,19 +579,15 @@ mod tests {
                 rep.score(&1, t(m))
             );
         }
-        // One more bad tx crosses the ban threshold (-99.5): banned for the base duration; a
-        // report racing the disconnect does not extend it.
-        let base = Action::Ban {
-            until: TimestampMs(t(20).0 + 60 * MIN),
-        };
+        // More bad headers cross the ban threshold (-99): banned for the base duration, once;
+        // a report racing the disconnect asks for nothing more and does not extend it.
         assert_eq!(
-            rep.report(1, Reason::Relay(Offence::InvalidTransaction), t(20)),
-            base
+            rep.report(1, Reason::InvalidHeaders, t(20)),
+            Action::Ban {
+                until: TimestampMs(t(20).0 + 60 * MIN)
+            }
         );
-        assert_eq!(
-            rep.report(1, Reason::Relay(Offence::InvalidTransaction), t(20)),
-            base
-        );
+        assert_eq!(rep.report(1, Reason::InvalidHeaders, t(20)), Action::None);
         assert!(rep.is_banned(&1, t(21)) && !rep.is_banned(&1, t(81)));
         // A fatal offence bans at once; the second ban lasts twice as long.
         assert_eq!(
@@ -556,16 +601,84 @@ mod tests {
         assert!(rep.score(&1, t(100)) >= MIN_SCORE);
     }
 
+    /// Every slowness reason, at any rate, for an hour: disconnects at most, never a ban.
+    #[test]
+    fn a_peer_that_is_only_slow_is_disconnected_but_never_banned() {
+        let slow = [
+            Reason::Relay(Offence::RequestTimeout),
+            Reason::Relay(Offence::Unrequested),
+            Reason::Relay(Offence::RequestFlood),
+            Reason::Stalled,
+            Reason::RateLimited,
+        ];
+        let config = ReputationConfig::default();
+        let mut rep: Reputation<u8> = Reputation::new(config.clone());
+        let mut disconnects = 0;
+        // 200 reports a second (a burst of one a millisecond every 5 ms) for an hour.
+        for i in 0..720_000u64 {
+            let now = TimestampMs(i * 5);
+            match rep.report(1, slow[(i % 5) as usize], now) {
+                Action::None => {}
+                Action::Disconnect => disconnects += 1,
+                other => panic!("slowness must never ban: {other:?} at report {i}"),
+            }
+            assert!(rep.score(&1, now) >= config.slowness_floor - 1e-9);
+        }
+        assert!(disconnects > 0, "a peer that stays useless is disconnected");
+        assert!(!rep.is_banned(&1, TimestampMs(3_600_000)));
+        assert!(rep.bans(TimestampMs(3_600_000)).is_empty());
+        // Its slowness fades within minutes once it stops: no disconnect for a lone timeout.
+        let later = TimestampMs(3_600_000 + 5 * MIN);
+        assert_eq!(
+            rep.report(1, Reason::Relay(Offence::RequestTimeout), later),
+            Action::None
+        );
+        assert!(rep.score(&1, later) > config.disconnect_below / 10.0);
+    }
+
+    /// Slowness on top of real misbehaviour still cannot tip a peer into a ban: only the
+    /// conduct part counts, and proof of misbehaviour (an invalid signature) bans at once.
+    #[test]
+    fn slowness_never_adds_up_to_a_ban_and_an_invalid_signature_bans_at_once() {
+        let mut rep: Reputation<u8> = Reputation::new(ReputationConfig::default());
+        let now = TimestampMs(1_000);
+        for _ in 0..3 {
+            rep.report(1, Reason::InvalidHeaders, now);
+        }
+        assert!((rep.conduct(&1, now) - -75.0).abs() < 0.01);
+        for _ in 0..1_000 {
+            let action = rep.report(1, Reason::Relay(Offence::RequestTimeout), now);
+            assert!(
+                matches!(action, Action::None | Action::Disconnect),
+                "{action:?}"
+            );
+        }
+        assert!(!rep.is_banned(&1, now));
+        assert_eq!(rep.score(&1, now), MIN_SCORE, "the total is still bounded");
+        // A peer with a perfect record sends one transaction with a bad signature.
+        for _ in 0..100 {
+            rep.report(2, Reason::Delivered, now);
+        }
+        assert!(matches!(
+            rep.report(2, Reason::Relay(Offence::InvalidTransaction), now),
+            Action::Ban { .. }
+        ));
+        assert!(rep.is_banned(&2, now));
+    }
+
     #[test]
     fn local_faults_and_exempt_peers_are_never_punished() {
         let mut rep: Reputation<u8> = Reputation::new(ReputationConfig::default());
         let now = TimestampMs(0);
         rep.set_local_overload(true);
-        for _ in 0..100 {
-            assert_eq!(
-                rep.report(2, Reason::Relay(Offence::RequestTimeout), now),
-                Action::None
-            );
+        for reason in [
+            Reason::Relay(Offence::RequestTimeout),
+            Reason::Relay(Offence::Unrequested),
+            Reason::Stalled,
+        ] {
+            for _ in 0..100 {
+                assert_eq!(rep.report(2, reason, now), Action::None);
+            }
         }
         assert_eq!(rep.score(&2, now), 0.0);
         rep.set_exempt(3, true);

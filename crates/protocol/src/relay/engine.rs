@@ -295,6 +295,9 @@ pub struct RelayMetrics {
     pub slow_peers: u64,
     /// Requests dropped for exceeding the per-peer request rate.
     pub requests_refused: u64,
+    /// Slowness offences not reported because the peer was blamed for slowness less than a
+    /// `request_timeout` before.
+    pub slowness_forgiven: u64,
     /// Yielded announcements dropped because the peer told us of the transaction first.
     pub announcements_yielded: u64,
     /// Short-id announcements received for transactions we had announced to the same peer:
@@ -329,6 +332,9 @@ struct Peer {
     deferred: VecDeque<(Instant, TxId)>,
     batch_deadline: Option<Instant>,
     slow: bool,
+    /// When the peer was last blamed for slowness (a timeout, a late or surplus message): at
+    /// most once per `request_timeout` (see [`RelayEngine::blame_slow`]).
+    slow_blamed: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -573,6 +579,7 @@ impl<P: PeerKey> RelayEngine<P> {
             deferred: VecDeque::new(),
             batch_deadline: None,
             slow: false,
+            slow_blamed: None,
         });
     }
 
@@ -666,11 +673,11 @@ impl<P: PeerKey> RelayEngine<P> {
         }
         self.release_deferred(now);
         for (item, peer) in overdue(&self.wanted, now) {
-            self.penalize(peer, Offence::RequestTimeout);
+            self.blame_slow(now, peer, Offence::RequestTimeout);
             self.retry(now, item);
         }
         for (id, peer) in overdue(&self.wanted_short, now) {
-            self.penalize(peer, Offence::RequestTimeout);
+            self.blame_slow(now, peer, Offence::RequestTimeout);
             self.retry_short(now, id);
         }
         let stale: Vec<BlockHash> = self
@@ -890,7 +897,7 @@ impl<P: PeerKey> RelayEngine<P> {
         };
         if cost > 0.0 && !self.request_limit.allow(peer, cost, now) {
             self.metrics.requests_refused += 1;
-            self.penalize(peer, Offence::RequestFlood);
+            self.blame_slow(now, peer, Offence::RequestFlood);
             return;
         }
         match msg {
@@ -1075,6 +1082,23 @@ impl<P: PeerKey> RelayEngine<P> {
 
     fn penalize(&mut self, peer: P, offence: Offence) {
         self.events.push_back(RelayEvent::Penalty { peer, offence });
+    }
+
+    /// Penalises a connected peer for slowness (`offence` is a timeout, a flood of requests or
+    /// a late, unrequested message) at most once per `request_timeout`. Requests sent together
+    /// time out together, and a busy peer's late answers arrive together: a burst of them is
+    /// one slow peer, not hundreds of offences. A peer that has left is not blamed.
+    fn blame_slow(&mut self, now: Instant, peer: P, offence: Offence) {
+        let window = self.config.request_timeout;
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        if p.slow_blamed.is_some_and(|at| now < at + window) {
+            self.metrics.slowness_forgiven += 1;
+            return;
+        }
+        p.slow_blamed = Some(now);
+        self.penalize(peer, offence);
     }
 
     fn have(&self, item: &InvItem, host: &impl RelayHost) -> bool {
@@ -1733,13 +1757,13 @@ impl<P: PeerKey> RelayEngine<P> {
                 // We asked; relayed transactions completed the block first.
                 self.completed_early.remove(&hash);
             } else {
-                self.penalize(peer, Offence::Unrequested);
+                self.blame_slow(now, peer, Offence::Unrequested);
             }
             return;
         };
         if partial.from != peer {
             self.partials.insert(hash, partial);
-            self.penalize(peer, Offence::Unrequested);
+            self.blame_slow(now, peer, Offence::Unrequested);
             return;
         }
         let complete = txs.len() == partial.requested.len();
@@ -1774,7 +1798,7 @@ impl<P: PeerKey> RelayEngine<P> {
         }
         if !requested {
             // Full blocks are only sent on request; an unsolicited one still gets checked.
-            self.penalize(peer, Offence::Unrequested);
+            self.blame_slow(now, peer, Offence::Unrequested);
         }
         match host.check_header(&block.header) {
             HeaderVerdict::Invalid => {
@@ -2593,6 +2617,41 @@ mod tests {
             "ten tokens back after a second"
         );
         assert_eq!(engine.metrics().requests_refused, 1);
+    }
+
+    /// Slowness is not misbehaviour: fifty requests that time out together cost the peer one
+    /// timeout, and it is blamed again only a `request_timeout` later.
+    #[test]
+    fn a_burst_of_timeouts_from_one_peer_is_one_offence() {
+        let key = Keypair::from_secret(&[5; 32]);
+        let mut host = Mempool::default();
+        let mut engine = engine_with_peers(&[1]);
+        let timeout = engine.config().request_timeout;
+        let start = Instant::now();
+        let announce = |range: std::ops::Range<u64>| {
+            RelayMessage::Announce(range.map(|n| InvItem::Tx(tx(&key, n).id())).collect())
+        };
+        engine.handle_message(start, 1, announce(0..50), &mut host);
+        assert_eq!(sent(&mut engine, 1).len(), 1, "one request for all fifty");
+        // Half a timeout later, fifty more: they are due in a second pass of their own.
+        let later = start + timeout / 2;
+        engine.handle_message(later, 1, announce(50..100), &mut host);
+        sent(&mut engine, 1);
+        let penalties = |engine: &mut RelayEngine<u8>| {
+            events(engine)
+                .into_iter()
+                .filter(|e| matches!(e, RelayEvent::Penalty { .. }))
+                .count()
+        };
+        engine.handle_timeout(start + timeout);
+        assert_eq!(penalties(&mut engine), 1);
+        engine.handle_timeout(later + timeout);
+        assert_eq!(penalties(&mut engine), 0, "within the window: forgiven");
+        assert_eq!(engine.metrics().slowness_forgiven, 99);
+        // A full window later it can be blamed again.
+        engine.handle_message(later + timeout, 1, announce(100..101), &mut host);
+        engine.handle_timeout(later + timeout * 2);
+        assert_eq!(penalties(&mut engine), 1);
     }
 
     fn parent_and_child(key: &Keypair, txs: Vec<Transaction>) -> (Block, Block) {

@@ -1,6 +1,7 @@
 //! The reputation table, scripted: events at fixed fake times give exactly the scores the
-//! documented grading and half-life predict (computed here, independently of the code under
-//! test), and the disconnects and bans that follow from the thresholds. Then the guards: local
+//! documented grading and half-lives predict (computed here, independently of the code under
+//! test: a conduct part and a slowness part, each decaying on its own), and the disconnects and
+//! bans that follow from the thresholds. Then the guards: slowness alone never bans, local
 //! faults and exempt peers cost nothing, the reason log is capped, an IP with too many banned
 //! peers is banned, bans survive a restart, and reorgs and late blocks never cost an honest peer.
 
@@ -22,6 +23,8 @@ use crate::hostile::TestChain;
 use crate::sim::{FakeHost, Sim};
 
 const HALF_LIFE_MS: u64 = 60_000;
+const SLOW_HALF_LIFE_MS: u64 = 15_000;
+const SLOW_FLOOR: f64 = -30.0;
 const HOUR: u64 = 3_600_000;
 
 // The documented grading (reputation module docs, issue 8), restated here on purpose.
@@ -34,6 +37,8 @@ const ANSWERED: f64 = 0.25;
 fn config() -> ReputationConfig {
     ReputationConfig {
         half_life_ms: HALF_LIFE_MS,
+        slowness_half_life_ms: SLOW_HALF_LIFE_MS,
+        slowness_floor: SLOW_FLOOR,
         disconnect_below: -50.0,
         ban_below: -90.0,
         base_ban_ms: HOUR,
@@ -47,9 +52,14 @@ fn at(ms: u64) -> TimestampMs {
     TimestampMs(1_700_000_000_000 + ms)
 }
 
-/// Exponential decay toward 0: half of the score is gone after each half-life.
+/// Exponential decay toward 0: half of the conduct part is gone after each half-life.
 fn decayed(score: f64, dt_ms: u64) -> f64 {
     score * 0.5f64.powf(dt_ms as f64 / HALF_LIFE_MS as f64)
+}
+
+/// The same for the slowness part, with its own (shorter) half-life.
+fn slow_decayed(score: f64, dt_ms: u64) -> f64 {
+    score * 0.5f64.powf(dt_ms as f64 / SLOW_HALF_LIFE_MS as f64)
 }
 
 fn close(a: f64, b: f64) -> bool {
@@ -63,70 +73,84 @@ fn a_scripted_sequence_gives_exactly_the_expected_scores_disconnects_and_bans() 
     let ban_at = |ms: u64, ms_long: u64| Action::Ban {
         until: TimestampMs(at(ms).0 + ms_long),
     };
-    // (time ms, reason, its grade, expected score after it (by hand), expected action)
+    // (time ms, reason, its grade, expected score after it (by hand), expected action).
+    // LOW grades move the slowness part (half-life 15 s), the others the conduct part (60 s).
     let script: Vec<(u64, Reason, f64, f64, Action)> = vec![
+        (0, Reason::InvalidHeaders, HIGH, -25.0, Nothing),
+        (0, Reason::Relay(Offence::Unrequested), LOW, -27.0, Nothing),
+        // One conduct half-life later: -25 -> -12.5; four slowness ones: -2 -> -0.125.
+        (60_000, Reason::Delivered, DELIVERED, -11.625, Nothing),
+        (60_000, Reason::Stalled, LOW, -13.625, Nothing),
+        (60_000, Reason::InvalidHeaders, HIGH, -38.625, Nothing),
+        (60_000, Reason::RateLimited, LOW, -40.625, Nothing),
+        // Below -50: disconnect.
         (
-            0,
-            Reason::Relay(Offence::InvalidTransaction),
+            60_000,
+            Reason::AiVerdict(false),
+            MEDIUM,
+            -50.625,
+            Disconnect,
+        ),
+        // Conduct -46.5 -> -23.25 (+0.25); slowness -4.125 -> -0.2578125.
+        (120_000, Reason::Answered, ANSWERED, -23.257_812_5, Nothing),
+        (
+            120_000,
+            Reason::AiSolution(false),
             HIGH,
-            -25.0,
+            -48.257_812_5,
             Nothing,
         ),
-        (0, Reason::Relay(Offence::Unrequested), LOW, -27.0, Nothing),
-        // One half-life later -27 has decayed to -13.5.
-        (60_000, Reason::Delivered, DELIVERED, -12.5, Nothing),
-        (60_000, Reason::Stalled, MEDIUM, -22.5, Nothing),
-        (60_000, Reason::InvalidHeaders, HIGH, -47.5, Nothing),
-        (60_000, Reason::RateLimited, LOW, -49.5, Nothing),
-        // Below -50: disconnect.
-        (60_000, Reason::RateLimited, LOW, -51.5, Disconnect),
-        // -51.5 halves to -25.75.
-        (120_000, Reason::Answered, ANSWERED, -25.5, Nothing),
-        (120_000, Reason::AiSolution(false), HIGH, -50.5, Disconnect),
         (
             120_000,
             Reason::Relay(Offence::MalformedReply),
             MEDIUM,
-            -60.5,
+            -58.257_812_5,
             Disconnect,
         ),
-        // Half a half-life: -60.5 / √2 = -42.779960...
+        // Half a conduct half-life: -58 / √2 = -41.012193...; slowness -0.064453125.
         (
             150_000,
-            Reason::AiVerdict(false),
-            MEDIUM,
-            -52.779_960_261_786_13,
-            Disconnect,
-        ),
-        (
-            150_000,
-            Reason::Relay(Offence::InvalidTransaction),
+            Reason::InvalidHeaders,
             HIGH,
-            -77.779_960_261_786_13,
+            -66.076_646_433_819_75,
             Disconnect,
         ),
-        // -102.78 is clamped to the floor, which is below -90: banned for the base duration.
-        (
-            150_000,
-            Reason::Relay(Offence::InvalidAiMessage),
-            HIGH,
-            -100.0,
-            ban_at(150_000, HOUR),
-        ),
-        // A report racing the disconnect does not extend the ban.
         (
             150_000,
             Reason::Relay(Offence::RequestTimeout),
             LOW,
-            -100.0,
+            -68.076_646_433_819_75,
+            Disconnect,
+        ),
+        // Conduct -91.01 is below -90: banned for the base duration.
+        (
+            150_000,
+            Reason::InvalidHeaders,
+            HIGH,
+            -93.076_646_433_819_75,
             ban_at(150_000, HOUR),
         ),
+        // A report racing the disconnect asks for nothing more and does not extend the ban.
+        (
+            150_000,
+            Reason::Relay(Offence::RequestTimeout),
+            LOW,
+            -95.076_646_433_819_75,
+            Nothing,
+        ),
     ];
-    let mut model = 0.0;
+    let (mut conduct, mut slow) = (0.0, 0.0);
     let mut last = 0;
     for (i, (ms, reason, grade, by_hand, action)) in script.iter().copied().enumerate() {
-        model = (decayed(model, ms - last) + grade).clamp(-100.0, 100.0);
+        conduct = decayed(conduct, ms - last);
+        slow = slow_decayed(slow, ms - last);
+        if grade == LOW {
+            slow = (slow + grade).clamp(SLOW_FLOOR, 0.0);
+        } else {
+            conduct = (conduct + grade).clamp(-100.0, 100.0);
+        }
         last = ms;
+        let model = (conduct + slow).clamp(-100.0, 100.0);
         assert!(
             close(model, by_hand),
             "step {i}: model {model} vs table {by_hand}"
@@ -142,8 +166,12 @@ fn a_scripted_sequence_gives_exactly_the_expected_scores_disconnects_and_bans() 
             "step {i}: score {score}, expected {by_hand}"
         );
     }
-    // Decay toward 0: three half-lives take -100 to -12.5, and ten to within 0.1 of 0.
-    assert!(close(rep.score(&1, at(150_000 + 3 * HALF_LIFE_MS)), -12.5));
+    // Decay toward 0: three half-lives take the conduct part to an eighth, and ten to within 0.1
+    // of 0.
+    assert!(close(
+        rep.conduct(&1, at(150_000 + 3 * HALF_LIFE_MS)),
+        conduct / 8.0
+    ));
     assert!(rep.score(&1, at(150_000 + 10 * HALF_LIFE_MS)).abs() < 0.1);
     // Banned for exactly one hour.
     assert!(rep.is_banned(&1, at(150_000 + HOUR - 1)));
@@ -175,6 +203,33 @@ fn a_scripted_sequence_gives_exactly_the_expected_scores_disconnects_and_bans() 
 }
 
 #[test]
+fn slowness_is_floored_and_never_bans_even_on_top_of_misbehaviour() {
+    let mut rep: Reputation<u32> = Reputation::new(config());
+    // Conduct -75: one more HIGH would ban; a thousand timeouts must not.
+    for _ in 0..3 {
+        rep.report(4, Reason::InvalidHeaders, at(0));
+    }
+    for i in 0..1_000 {
+        let action = rep.report(4, Reason::Relay(Offence::RequestTimeout), at(i));
+        assert!(
+            matches!(action, Action::Disconnect),
+            "report {i}: {action:?}"
+        );
+    }
+    assert!(!rep.is_banned(&4, at(1_000)));
+    let score = rep.score(&4, at(1_000));
+    let expected = (decayed(-75.0, 1_000) + SLOW_FLOOR).max(MIN_SCORE);
+    assert!(close(score, expected), "{score} vs {expected}");
+    assert!(close(rep.conduct(&4, at(1_000)), decayed(-75.0, 1_000)));
+    // Proof of misbehaviour still bans: an invalid signature at once, from any score.
+    rep.report(5, Reason::Delivered, at(0));
+    assert!(matches!(
+        rep.report(5, Reason::Relay(Offence::InvalidTransaction), at(0)),
+        Action::Ban { .. }
+    ));
+}
+
+#[test]
 fn local_faults_cost_nothing_but_real_offences_still_count() {
     let mut rep: Reputation<u32> = Reputation::new(config());
     rep.set_local_overload(true);
@@ -184,14 +239,15 @@ fn local_faults_cost_nothing_but_real_offences_still_count() {
             Action::None
         );
         assert_eq!(rep.report(3, Reason::Stalled, at(i)), Action::None);
+        assert_eq!(
+            rep.report(3, Reason::Relay(Offence::Unrequested), at(i)),
+            Action::None
+        );
     }
     assert_eq!(rep.score(&3, at(100)), 0.0);
     assert!(rep.log(&3).is_empty(), "ignored reports leave no trace");
-    // Overload excuses timeouts only: a forged transaction is never our fault.
-    assert_eq!(
-        rep.report(3, Reason::Relay(Offence::InvalidTransaction), at(100)),
-        Action::None
-    );
+    // Overload excuses slowness only: bad headers are never our fault.
+    assert_eq!(rep.report(3, Reason::InvalidHeaders, at(100)), Action::None);
     assert!(close(rep.score(&3, at(100)), HIGH));
     rep.set_local_overload(false);
     rep.report(3, Reason::Relay(Offence::RequestTimeout), at(100));
@@ -218,10 +274,14 @@ fn trusted_peers_are_scored_but_never_disconnected_or_banned_automatically() {
         Action::Ban { .. }
     ));
     assert!(rep.unban(&7));
-    // No longer trusted: the next offence at -100 bans.
+    // No longer trusted: the next offence at -100 bans; slowness would not.
     rep.set_exempt(7, false);
-    assert!(matches!(
+    assert_eq!(
         rep.report(7, Reason::Relay(Offence::Unrequested), at(0)),
+        Action::Disconnect
+    );
+    assert!(matches!(
+        rep.report(7, Reason::InvalidHeaders, at(0)),
         Action::Ban { .. }
     ));
 }
@@ -236,20 +296,22 @@ fn the_reason_log_keeps_the_last_events_with_time_reason_and_score() {
         Reason::RateLimited,
     ];
     let n = REASON_LOG_LEN + 5;
-    let mut model = 0.0;
+    let (mut conduct, mut slow) = (0.0, 0.0);
     let mut expected = Vec::new();
     for i in 0..n {
         let reason = reasons[i % reasons.len()];
-        let grade = match reason {
-            Reason::Delivered => DELIVERED,
-            Reason::Answered => ANSWERED,
-            _ => LOW,
-        };
-        // One event every 6 s: a tenth of a half-life.
+        // One event every 6 s: a tenth of a conduct half-life.
         let ms = i as u64 * 6_000;
-        model = decayed(model, if i == 0 { 0 } else { 6_000 }) + grade;
+        let dt = if i == 0 { 0 } else { 6_000 };
+        conduct = decayed(conduct, dt);
+        slow = slow_decayed(slow, dt);
+        match reason {
+            Reason::Delivered => conduct += DELIVERED,
+            Reason::Answered => conduct += ANSWERED,
+            _ => slow += LOW,
+        }
         rep.report(9, reason, at(ms));
-        expected.push((at(ms), reason, model));
+        expected.push((at(ms), reason, conduct + slow));
     }
     let log = rep.log(&9);
     assert_eq!(log.len(), REASON_LOG_LEN);

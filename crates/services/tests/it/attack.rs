@@ -466,7 +466,8 @@ fn unknown_id(n: usize) -> TxId {
 /// One peer sends 1,000 well-formed, useless frames (requests for unknown items, `NotFound`s
 /// nobody asked for, duplicates of a known transaction, announcements it never honours) while
 /// another peer asks for a transaction again and again: every answer comes within two seconds,
-/// and the junk sender is penalised for the announcements it never honours and disconnected.
+/// and the junk sender is penalised for the announcements it never honours (as slowness, at
+/// most once per request timeout: not banned).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_junk_messages_do_not_delay_another_peers_requests() {
     init_tracing();
@@ -564,11 +565,16 @@ async fn a_thousand_junk_messages_do_not_delay_another_peers_requests() {
     );
     assert!(slowest < PROMPT, "an honest request waited {slowest:?}");
 
-    // The announcements it never honoured time out and cost it its connection.
+    // The announcements it never honoured time out and cost it, as slowness: one offence per
+    // request timeout however many time out together, never a ban (not honouring an
+    // announcement proves nothing; the waits it caused are bounded by MAX_WANTED).
     let junker_id = junker.peer_id();
     let this = &node;
-    node.wait_for(WAIT, "the junk sender disconnected", || async move {
-        !this.connected().await.contains(&junker_id)
+    node.wait_for(WAIT, "the junk sender's first timeout", || async move {
+        this.reputation
+            .standing(junker_id)
+            .await
+            .is_ok_and(|s| !s.log.is_empty())
     })
     .await;
     let standing = node
@@ -576,7 +582,7 @@ async fn a_thousand_junk_messages_do_not_delay_another_peers_requests() {
         .standing(junker_id)
         .await
         .expect("reputation");
-    assert!(standing.score <= -50.0, "{standing:?}");
+    assert!(standing.score < 0.0 && !standing.banned, "{standing:?}");
     assert!(
         standing
             .log
@@ -595,9 +601,10 @@ async fn a_thousand_junk_messages_do_not_delay_another_peers_requests() {
             }
         })
         .count() as u64;
+    let windows = started.elapsed().as_secs() / JUNK_REQUEST_TIMEOUT.as_secs() + 1;
     assert!(
-        (26..=announced).contains(&timeouts),
-        "{timeouts} timeouts for {announced} unhonoured announcements"
+        (1..=windows).contains(&timeouts),
+        "{timeouts} timeouts for {announced} unhonoured announcements over {windows} windows"
     );
     let honest_id = honest.peer_id();
     assert!(node.connected().await.contains(&honest_id));
