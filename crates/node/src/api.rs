@@ -287,6 +287,7 @@ async fn service_snapshot(state: &ApiState) -> ServiceSnapshot {
         network_state: Some(status.network),
         reputation,
         bans: bans.map(|b| b.len()),
+        overload: Some(state.reputation.overload()),
     }
 }
 

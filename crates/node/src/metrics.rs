@@ -79,6 +79,8 @@ pub(crate) struct ServiceSnapshot {
     pub(crate) reputation: Option<[usize; 5]>,
     /// Bans in force.
     pub(crate) bans: Option<usize>,
+    /// The local-overload guard: on now, and times the lag probe turned it on.
+    pub(crate) overload: Option<(bool, u64)>,
 }
 
 /// The kind of item a propagation delay was measured on.
@@ -365,6 +367,21 @@ impl Collector for ServiceSnapshot {
         if let Some(bans) = self.bans {
             gauges(e, "bans", "Peer bans in force", &[(vec![], gauge_of(bans))])?;
         }
+        if let Some((on, episodes)) = self.overload {
+            gauges(
+                e,
+                "local_overload",
+                "1 while this node's event loop runs late and peers are not blamed for slowness",
+                &[(vec![], i64::from(on))],
+            )?;
+            counters(
+                e,
+                "local_overload_episodes",
+                "Times the lag probe found this node overloaded",
+                None,
+                &[(vec![], episodes)],
+            )?;
+        }
         Ok(())
     }
 }
@@ -613,6 +630,7 @@ mod tests {
                 network_state: Some(NetworkState::Degraded),
                 reputation: Some([0, 1, 2, 3, 4]),
                 bans: Some(2),
+                overload: Some((true, 3)),
             },
         );
         for (series, want) in [
@@ -640,6 +658,8 @@ mod tests {
             ("playergold_reputation_peers{score=\"[-100,-50]\"}", "0"),
             ("playergold_reputation_peers{score=\"[50,100]\"}", "4"),
             ("playergold_bans", "2"),
+            ("playergold_local_overload", "1"),
+            ("playergold_local_overload_episodes_total", "3"),
         ] {
             assert_eq!(value(&text, series), want, "{series}");
         }
@@ -665,6 +685,7 @@ mod tests {
             "network_state",
             "reputation_peers",
             "bans",
+            "local_overload",
         ] {
             assert!(
                 text.contains(&format!("# HELP playergold_{family}")),

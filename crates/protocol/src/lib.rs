@@ -18,12 +18,15 @@
 //!        peer's request ──► SyncServer     chain view)    (Busy reply when over the rate)
 //!  partition: peers, tips, bootstrap ──► PartitionDetector ──► poll_action(now): redial, DHT
 //!                                          walk, extra outbound peer; poll_event(): state change
+//!  reputation: reports ──► Reputation ──► Disconnect · Ban;  lag samples ──► OverloadDetector
+//!                                          (on: slowness reports ignored)
 //! ```
 //!
 //! It must not do I/O, read the clock, or spawn tasks.
 
 pub mod ai;
 mod capabilities;
+pub mod overload;
 pub mod partition;
 pub mod rate;
 pub mod relay;

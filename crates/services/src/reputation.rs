@@ -9,22 +9,29 @@
 //!   owning task: Reputation<PeerId>::report(now) ──► Action
 //!        │  None        : push the new score to the connection manager (eviction, dialling)
 //!        │  Disconnect  : NetworkHandle::disconnect
-//!        │  Ban{,WithIp}: NetworkHandle::ban (refused at the handshake) + disconnect
+//!        │  Ban{,WithIp}: NetworkHandle::ban (refused at the handshake) + disconnect; one log line
 //!        └─► bans ──► chain.redb aux "reputation/bans" (postcard), restored at start
+//!   lag probe (every 100 ms, on the runtime) ──► OverloadDetector ──► local-overload guard
 //! ```
+//!
+//! The lag probe is the local-fault guard's input: a timer of this task that fires late means
+//! the runtime (or the whole machine) is too busy to read answers in time, and then the
+//! slowness reports of that period are ours, not our peers'. It runs in this task, behind its
+//! commands, so a backlog of reports counts as lag too.
 //!
 //! Time is wall-clock milliseconds ([`TimestampMs`]) because bans outlive the process.
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use playergold_chain::Blockchain;
 use playergold_net::addrbook::ip_of;
 use playergold_net::{Multiaddr, NetworkEvent, NetworkHandle, PeerId, Score};
 use playergold_primitives::TimestampMs;
+use playergold_protocol::overload::{OverloadConfig, OverloadDetector};
 use playergold_protocol::reputation::{
     Action, Ban, LogEntry, Reason, Reputation, ReputationConfig,
 };
@@ -46,6 +53,10 @@ pub const COMMAND_CHANNEL_CAPACITY: usize = 4_096;
 /// How often decayed scores are pushed to the connection manager and expired bans pruned from
 /// the database. Scores decay with a half-life of minutes, so 10 s is fresh enough.
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(10);
+
+/// How often the lag probe fires. Lag is measured against this schedule; 100 ms resolves the
+/// detector's 200 ms threshold and costs nothing measurable.
+pub const LAG_PROBE_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Most bans the persisted list holds (the table itself keeps at most
 /// [`playergold_protocol::reputation::MAX_BANS`]).
@@ -96,10 +107,20 @@ enum Command {
     Shutdown(oneshot::Sender<()>),
 }
 
+/// The local-overload guard's state, readable without asking the task (metrics, status).
+#[derive(Debug, Default)]
+struct OverloadState {
+    /// Whether slowness reports are ignored now (detected or set by hand).
+    on: AtomicBool,
+    /// Times the detector turned the guard on.
+    episodes: AtomicU64,
+}
+
 /// A cloneable handle to the reputation task.
 #[derive(Debug, Clone)]
 pub struct ReputationHandle {
     commands: mpsc::Sender<Command>,
+    overload: Arc<OverloadState>,
 }
 
 impl ReputationHandle {
@@ -167,7 +188,17 @@ impl ReputationHandle {
             .map_err(|_| ReputationError::Stopped)
     }
 
-    /// The local-fault guard: while `true`, timeouts are our fault and cost nobody anything.
+    /// Whether the local-overload guard is on now (slowness reports ignored), and how many
+    /// times the lag probe turned it on.
+    pub fn overload(&self) -> (bool, u64) {
+        (
+            self.overload.on.load(Ordering::Relaxed),
+            self.overload.episodes.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Forces the local-fault guard on (besides the lag probe): while `true`, slowness is our
+    /// fault and costs nobody anything.
     pub async fn set_overloaded(&self, overloaded: bool) -> Result<(), ReputationError> {
         self.commands
             .send(Command::SetOverloaded(overloaded))
@@ -208,6 +239,9 @@ impl ReputationService {
             saved: Vec::new(),
             enforced: HashSet::new(),
             enforced_ips: HashSet::new(),
+            detector: OverloadDetector::new(OverloadConfig::default()),
+            forced_overload: false,
+            overload: Arc::default(),
         };
         owner
             .table
@@ -229,8 +263,15 @@ impl ReputationService {
         }
         let (tx, rx) = mpsc::channel(COMMAND_CHANNEL_CAPACITY);
         let events = owner.network.subscribe();
+        let overload = owner.overload.clone();
         let task = tokio::spawn(owner.run(rx, events));
-        (ReputationHandle { commands: tx }, task)
+        (
+            ReputationHandle {
+                commands: tx,
+                overload,
+            },
+            task,
+        )
     }
 }
 
@@ -280,6 +321,12 @@ struct Owner {
     enforced: HashSet<PeerId>,
     /// IP addresses the network was told to refuse.
     enforced_ips: HashSet<IpAddr>,
+    /// Turns the local-overload guard on from the lag probe.
+    detector: OverloadDetector,
+    /// The guard as set through the handle.
+    forced_overload: bool,
+    /// The guard's state as the handle reads it.
+    overload: Arc<OverloadState>,
 }
 
 impl Owner {
@@ -290,6 +337,8 @@ impl Owner {
     ) {
         let mut refresh = tokio::time::interval(REFRESH_INTERVAL);
         refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut probe = tokio::time::interval(LAG_PROBE_INTERVAL);
+        probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
@@ -316,6 +365,10 @@ impl Owner {
                     }
                 },
                 _ = refresh.tick() => self.refresh().await,
+                due = probe.tick() => {
+                    let now = tokio::time::Instant::now();
+                    self.on_lag(now.into_std(), now.saturating_duration_since(due));
+                }
             }
         }
     }
@@ -380,9 +433,35 @@ impl Owner {
                 let _ = reply.send(self.table.distribution(now));
             }
             Command::SetExempt(peer, exempt) => self.table.set_exempt(peer, exempt),
-            Command::SetOverloaded(overloaded) => self.table.set_local_overload(overloaded),
+            Command::SetOverloaded(overloaded) => {
+                self.forced_overload = overloaded;
+                self.apply_overload();
+            }
             Command::Shutdown(_) => {}
         }
+    }
+
+    /// One lag sample of the probe: the guard follows the detector (or the forced setting).
+    fn on_lag(&mut self, now: std::time::Instant, lag: Duration) {
+        match self.detector.observe(now, lag) {
+            Some(true) => {
+                self.overload.episodes.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    lag_ms = lag.as_millis() as u64,
+                    "this node is overloaded (its event loop runs late): peers are not blamed \
+                     for slowness until it catches up"
+                );
+            }
+            Some(false) => tracing::info!("this node caught up: slowness counts again"),
+            None => return,
+        }
+        self.apply_overload();
+    }
+
+    fn apply_overload(&mut self) {
+        let on = self.forced_overload || self.detector.is_overloaded();
+        self.table.set_local_overload(on);
+        self.overload.on.store(on, Ordering::Relaxed);
     }
 
     async fn act(&mut self, peer: PeerId, reason: Reason, action: Action, now: TimestampMs) {
