@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use playergold_bench::devnet_load;
 use playergold_bench::propagation::{self, DEFAULT_BACKLOG, DEFAULT_MAX_BLOCK_TXS, Options};
 use playergold_bench::rtt::DEFAULT_RTT_FILE;
 use playergold_protocol::relay::{Fanout, PropagationConfig};
@@ -22,6 +23,44 @@ enum Command {
     /// overlay of in-process nodes (real TLS over TCP, links delayed by half the measured RTT
     /// between their regions).
     Propagation(PropagationArgs),
+    /// A devnet of real `playergold` processes (`playergold devnet`) under a load of signed
+    /// transactions through their HTTP APIs: peers, bans, heights, inclusion, propagation, CPU,
+    /// memory and relay bytes per transaction. `--tps 0` only watches the idle devnet.
+    DevnetLoad(DevnetLoadArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct DevnetLoadArgs {
+    /// Nodes (one process each; `playergold devnet` allows up to 64).
+    #[arg(long, default_value_t = devnet_load::DEFAULT_NODES)]
+    nodes: usize,
+    /// Signed transactions per second, all nodes together (0: only sample).
+    #[arg(long, default_value_t = devnet_load::DEFAULT_TPS)]
+    tps: u32,
+    /// Length of the load in seconds.
+    #[arg(long, default_value_t = devnet_load::DEFAULT_SECONDS)]
+    seconds: f64,
+    /// Where to write the JSON report.
+    #[arg(long, default_value = "target/bench/devnet-load.json")]
+    out: PathBuf,
+    /// Slot duration in milliseconds.
+    #[arg(long, default_value_t = devnet_load::DEFAULT_SLOT_MS)]
+    slot_ms: u64,
+    /// Longest warm-up before the load, in seconds; it ends earlier once every node has
+    /// min(8, nodes − 1) peers.
+    #[arg(long, default_value_t = devnet_load::DEFAULT_WARMUP_SECONDS)]
+    warmup_seconds: f64,
+    /// Seconds between samples of every node.
+    #[arg(long, default_value_t = devnet_load::DEFAULT_SAMPLE_SECONDS)]
+    sample_seconds: f64,
+    /// The playergold binary [default: the one next to this bench, built if missing under
+    /// `cargo run`].
+    #[arg(long)]
+    playergold: Option<PathBuf>,
+    /// Directory of the devnet, kept afterwards [default: a temporary one, removed unless the
+    /// run fails].
+    #[arg(long)]
+    dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -112,13 +151,57 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let Command::Propagation(args) = Cli::parse().command;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.threads.max(1))
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(propagation_command(args))
+    match Cli::parse().command {
+        Command::Propagation(args) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(args.threads.max(1))
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            runtime.block_on(propagation_command(args))
+        }
+        Command::DevnetLoad(args) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            runtime.block_on(devnet_load_command(args))
+        }
+    }
+}
+
+async fn devnet_load_command(args: DevnetLoadArgs) -> anyhow::Result<()> {
+    let opts = devnet_load::Options {
+        nodes: args.nodes,
+        tps: args.tps,
+        duration: secs("seconds", args.seconds)?,
+        slot_ms: args.slot_ms,
+        warmup: secs("warmup-seconds", args.warmup_seconds)?,
+        sample_interval: secs("sample-seconds", args.sample_seconds)?,
+        playergold: args.playergold,
+        dir: args.dir,
+    };
+    // On SIGINT or SIGTERM the run is dropped, and with it the devnet (its guard stops it).
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot listen for SIGTERM")?;
+    let report = tokio::select! {
+        report = devnet_load::run(opts) => report?,
+        _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted: the devnet was stopped"),
+        _ = term.recv() => anyhow::bail!("terminated: the devnet was stopped"),
+    };
+    print!("{}", report.table());
+    write_json(&args.out, &report)
+}
+
+/// Writes `report` as pretty JSON to `out`, creating its directory.
+fn write_json(out: &std::path::Path, report: &impl serde::Serialize) -> anyhow::Result<()> {
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let json = serde_json::to_string_pretty(report)?;
+    std::fs::write(out, json + "\n").with_context(|| format!("cannot write {}", out.display()))?;
+    println!("report written to {}", out.display());
+    Ok(())
 }
 
 async fn propagation_command(args: PropagationArgs) -> anyhow::Result<()> {
@@ -143,12 +226,5 @@ async fn propagation_command(args: PropagationArgs) -> anyhow::Result<()> {
     };
     let report = propagation::run(&opts).await?;
     print!("{}", report.table());
-    if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    let json = serde_json::to_string_pretty(&report)?;
-    std::fs::write(&args.out, json + "\n")
-        .with_context(|| format!("cannot write {}", args.out.display()))?;
-    println!("report written to {}", args.out.display());
-    Ok(())
+    write_json(&args.out, &report)
 }

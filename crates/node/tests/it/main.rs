@@ -5,6 +5,7 @@ mod api;
 mod cli;
 mod config;
 mod devnet;
+mod load;
 mod partition;
 mod single_node;
 
