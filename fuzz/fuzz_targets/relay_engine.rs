@@ -299,6 +299,8 @@ fn config(u: &mut Unstructured<'_>) -> PropagationConfig {
             1 => Fanout::Fixed(0),
             _ => Fanout::Fraction(0.5),
         },
+        // Fewer than PEERS too, so relay-set membership and its refills are exercised.
+        max_relay_peers: small(u, usize::from(PEERS)),
         duplicate_cache_size: 64,
         batch_size: 4,
         batch_delay: Duration::from_millis(5),

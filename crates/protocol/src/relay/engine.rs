@@ -332,6 +332,9 @@ struct Peer {
     deferred: VecDeque<(Instant, TxId)>,
     batch_deadline: Option<Instant>,
     slow: bool,
+    /// Whether it is in our relay set (at most `max_relay_peers`): we push transactions and
+    /// relayed blocks to it.
+    relay: bool,
     /// When the peer was last blamed for slowness (a timeout, a late or surplus message): at
     /// most once per `request_timeout` (see [`RelayEngine::blame_slow`]).
     slow_blamed: Option<Instant>,
@@ -566,6 +569,10 @@ impl<P: PeerKey> RelayEngine<P> {
 
     /// A peer connected (and speaks the relay protocol).
     pub fn add_peer(&mut self, peer: P, caps: Capabilities) {
+        if self.peers.contains_key(&peer) {
+            return;
+        }
+        let relay = self.join_relay_set();
         self.peers.entry(peer).or_insert_with(|| Peer {
             caps,
             known: BoundedSet::new(MAX_KNOWN_PER_PEER),
@@ -579,8 +586,46 @@ impl<P: PeerKey> RelayEngine<P> {
             deferred: VecDeque::new(),
             batch_deadline: None,
             slow: false,
+            relay,
             slow_blamed: None,
         });
+    }
+
+    /// The relay set, in order.
+    fn relay_peers(&self) -> Vec<P> {
+        let mut out: Vec<P> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.relay)
+            .map(|(k, _)| *k)
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Whether a peer about to be added joins the relay set: while the set has
+    /// room, yes; after that with probability `max / peers`, in place of a random member
+    /// (reservoir sampling). The set stays a uniform sample of our peers, so the peers every
+    /// node meets first (a bootstrap node) do not end up in everyone's set.
+    fn join_relay_set(&mut self) -> bool {
+        let max = self.config.max_relay_peers;
+        let members = self.relay_peers();
+        if members.len() < max {
+            return true;
+        }
+        if max == 0 || self.rng.gen_range(0..=self.peers.len()) >= max {
+            return false;
+        }
+        let out = members[self.rng.gen_range(0..members.len())];
+        if let Some(p) = self.peers.get_mut(&out) {
+            p.relay = false;
+        }
+        true
+    }
+
+    /// Whether `peer` is in our relay set (we push transactions and relayed blocks to it).
+    pub fn in_relay_set(&self, peer: &P) -> bool {
+        self.peers.get(peer).is_some_and(|p| p.relay)
     }
 
     /// A peer's capabilities changed (identify arrived after connection).
@@ -593,7 +638,23 @@ impl<P: PeerKey> RelayEngine<P> {
     /// A peer disconnected: forget its state; its outstanding requests go to other announcers at
     /// their timeout.
     pub fn remove_peer(&mut self, peer: &P) {
-        self.peers.remove(peer);
+        let was_relay = self.peers.remove(peer).is_some_and(|p| p.relay);
+        if was_relay {
+            // Fill its place in the relay set with a random other peer.
+            let mut others: Vec<P> = self
+                .peers
+                .iter()
+                .filter(|(_, p)| !p.relay)
+                .map(|(k, _)| *k)
+                .collect();
+            others.sort();
+            if let Some(p) = others
+                .choose(&mut self.rng)
+                .and_then(|k| self.peers.get_mut(k))
+            {
+                p.relay = true;
+            }
+        }
         for w in self
             .wanted
             .values_mut()
@@ -2006,6 +2067,7 @@ impl<P: PeerKey> RelayEngine<P> {
         let id = tx.id();
         let item = InvItem::Tx(id);
         let mut targets = self.eligible(item, from);
+        targets.retain(|k| self.peers.get(k).is_some_and(|p| p.relay));
         let push = match self.config.tx_strategy {
             Strategy::Gossip if from.is_some() && !self.config.push_relayed_txs => 0,
             Strategy::Gossip => {
@@ -2014,7 +2076,12 @@ impl<P: PeerKey> RelayEngine<P> {
             }
             Strategy::Flood | Strategy::Directed => targets.len(),
         };
-        let deadline = now + self.config.batch_delay;
+        let push_due = now + self.config.batch_delay;
+        // The origin's announcements are the first hop: they go with its pushes.
+        let announce_due = match from {
+            Some(_) => now + self.config.announce_interval,
+            None => push_due,
+        };
         let batch = self.config.batch_size.max(1);
         let yield_until = now + self.config.announce_yield;
         let may_yield = from.is_some() && !self.config.announce_yield.is_zero();
@@ -2039,7 +2106,8 @@ impl<P: PeerKey> RelayEngine<P> {
                 p.known.insert(item);
                 p.pending_announce.push(item);
             }
-            p.batch_deadline.get_or_insert(deadline);
+            let due = if i < push { push_due } else { announce_due };
+            p.batch_deadline = Some(p.batch_deadline.map_or(due, |d| d.min(due)));
             if p.pending_txs.len() >= batch
                 || p.pending_announce.len() >= batch
                 || p.pending_short.len() >= batch
@@ -2084,11 +2152,18 @@ impl<P: PeerKey> RelayEngine<P> {
         self.relay_compact(&CompactBlock::of(block), from);
     }
 
-    /// Pushes a compact block to every peer but `from` not known to have it.
+    /// Pushes a compact block to every peer but `from` not known to have it: all of them for
+    /// our own block (one hop to every peer), the relay set for a block from a peer. Every
+    /// node pushes to its own random relay set, so a relayed block still reaches every node in
+    /// a few hops, and a node's cost per block does not grow with its connection count.
     fn relay_compact(&mut self, cb: &CompactBlock, from: Option<P>) {
         let item = InvItem::Block(cb.header.hash());
         let compact = RelayMessage::CompactBlock(cb.clone());
-        for peer in self.eligible(item, from) {
+        let mut targets = self.eligible(item, from);
+        if from.is_some() {
+            targets.retain(|k| self.peers.get(k).is_some_and(|p| p.relay));
+        }
+        for peer in targets {
             self.mark_known(&peer, item);
             self.metrics.block.sent += 1;
             self.enqueue(&peer, Class::Block, compact.clone());
@@ -2331,7 +2406,8 @@ mod tests {
         let key = Keypair::from_secret(&[8; 32]);
         let config = PropagationConfig::default();
         let now = Instant::now();
-        let batch_due = now + config.batch_delay;
+        // Relayed transactions' announcements go out with the trickle.
+        let batch_due = now + config.announce_interval;
         let yield_due = now + config.announce_yield;
         // Engines A and B are linked (A calls B 1, B calls A 0); both hear of the txs from 9.
         let link = || {
@@ -2617,6 +2693,84 @@ mod tests {
             "ten tokens back after a second"
         );
         assert_eq!(engine.metrics().requests_refused, 1);
+    }
+
+    /// A node with 40 peers pushes each transaction and each block relayed from a peer to 8 of
+    /// them (its relay set); a departed member is replaced; its own blocks go to every peer.
+    #[test]
+    fn transactions_and_relayed_blocks_go_to_a_bounded_relay_set() {
+        let key = Keypair::from_secret(&[6; 32]);
+        let peers: Vec<u8> = (1..=40).collect();
+        let mut engine = engine_with_peers(&peers);
+        let mut host = Mempool::default();
+        let max = engine.config().max_relay_peers;
+        let members = |e: &RelayEngine<u8>| peers.iter().filter(|p| e.in_relay_set(p)).count();
+        assert_eq!(members(&engine), max);
+        let now = Instant::now();
+        let later = now + engine.config().batch_delay;
+        engine
+            .submit_transaction(now, tx(&key, 0), &mut host)
+            .expect("valid");
+        engine.handle_timeout(later);
+        let reached: Vec<u8> = peers
+            .iter()
+            .copied()
+            .filter(|p| !sent(&mut engine, *p).is_empty())
+            .collect();
+        assert_eq!(reached.len(), max);
+        assert!(reached.iter().all(|p| engine.in_relay_set(p)));
+        // A member leaves: another peer takes its place.
+        engine.remove_peer(&reached[0]);
+        assert_eq!(members(&engine), max);
+        let compacts_to = |engine: &mut RelayEngine<u8>| -> Vec<u8> {
+            peers
+                .iter()
+                .copied()
+                .filter(|p| {
+                    sent(engine, *p)
+                        .iter()
+                        .any(|m| matches!(m, RelayMessage::CompactBlock(_)))
+                })
+                .collect()
+        };
+        // Our own block goes to all 39: one hop to every peer.
+        let (parent, child) = parent_and_child(&key, vec![]);
+        host.1.insert(parent.hash(), parent.clone());
+        engine.propagate_block(later, parent);
+        assert_eq!(compacts_to(&mut engine).len(), 39);
+        // A block from a peer outside the set goes to the set only.
+        let from = *peers
+            .iter()
+            .find(|p| !engine.in_relay_set(p) && **p != reached[0])
+            .expect("a peer outside the set");
+        engine.handle_message_deferred(
+            later,
+            from,
+            RelayMessage::CompactBlock(CompactBlock::of(&child)),
+            &mut host,
+        );
+        let relayed = compacts_to(&mut engine);
+        assert_eq!(relayed.len(), max);
+        assert!(relayed.iter().all(|p| engine.in_relay_set(p)));
+    }
+
+    /// The set is a uniform sample of the peers: the one every node connects to first (a
+    /// bootstrap node) is in about max/peers of the nodes' sets, not in all of them.
+    #[test]
+    fn the_first_peer_is_not_in_every_nodes_relay_set() {
+        let nodes = 400;
+        let with_first = (0..nodes)
+            .filter(|seed| {
+                let mut engine: RelayEngine<u8> =
+                    RelayEngine::new(PropagationConfig::default(), *seed);
+                for p in 0..50 {
+                    engine.add_peer(p, Capabilities::NONE);
+                }
+                engine.in_relay_set(&0)
+            })
+            .count();
+        // Expected 8/50 = 16% (64 of 400); the bounds are over 4 standard deviations out.
+        assert!((35..=95).contains(&with_first), "{with_first} of {nodes}");
     }
 
     /// Slowness is not misbehaviour: fifty requests that time out together cost the peer one
