@@ -63,6 +63,7 @@ fn attr_values(html: &str, attr: &str) -> Vec<String> {
 
 #[test]
 fn the_devnet_command_runs_connected_nodes_and_the_dashboard_shows_them() {
+    let _turn = crate::many_processes();
     let dir = tempfile::tempdir().expect("temp dir");
     let net_dir = dir.path().join("devnet");
     let devnet = RunningNode::spawn(

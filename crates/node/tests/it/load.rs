@@ -23,6 +23,7 @@ fn run(opts: Options) -> Report {
 
 #[test]
 fn twenty_nodes_at_100_tps_keep_their_peers_and_include_every_transaction() {
+    let _turn = crate::many_processes();
     let report = run(Options {
         nodes: NODES,
         tps: TPS,

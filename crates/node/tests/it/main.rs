@@ -20,6 +20,18 @@ use std::time::{Duration, Instant};
 /// How long a test waits for something that normally takes well under a second.
 const DEADLINE: Duration = Duration::from_secs(20);
 
+/// Tests that run many `playergold` processes (devnet, load, partition) take this in turn: on a
+/// 2-core machine two of them at once would each see the other's load, not the node's.
+static MANY_PROCESSES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Waits for the other many-process tests to finish; held until the guard drops.
+fn many_processes() -> std::sync::MutexGuard<'static, ()> {
+    // A test that panicked while holding it left no state behind: the lock is only a turn.
+    MANY_PROCESSES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// The binary, with no `PLAYERGOLD_*` variable leaking in from the developer's shell.
 fn playergold() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_playergold"));

@@ -294,6 +294,7 @@ fn ten_nodes_split_six_four_by_a_link_converge_on_the_heavier_side() {
         run_proxy(&api);
         return;
     }
+    let _turn = crate::many_processes();
     assert!(
         is_root(),
         "this test creates network namespaces and must run as root (CI does): \
