@@ -29,8 +29,10 @@ use crate::{GENESIS_FILE, NODE_KEY_FILE, config, keyfile, network};
 
 /// File describing a devnet, in its directory.
 pub(crate) const DEVNET_FILE: &str = "devnet.json";
-/// Most nodes one devnet may have: each is a process with its own database and sockets.
-const MAX_NODES: usize = 64;
+/// Most nodes one devnet may have: each is a process with its own database and sockets (about
+/// 25 MiB and 100 file descriptors idle). 128 leaves room for the 100-process idle check of
+/// `playergold-bench devnet-load --tps 0`.
+const MAX_NODES: usize = 128;
 /// How long the nodes may take to start serving their API.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long stopped nodes may take to exit before they are killed.
