@@ -23,9 +23,9 @@
 //! [`Reputation::restore_bans`]). A ban is reported once ([`Action::Ban`]); later reports about a
 //! banned peer (messages racing its disconnect) ask for nothing more.
 //!
-//! Local-fault guard: while [`Reputation::set_local_overload`] is on (our store is failing, we are
-//! overloaded, we are far behind), slowness reports are ignored: we never blame a peer for our
-//! own failure.
+//! Local-fault guard: while [`Reputation::set_local_overload`] is on (the node turns it on when
+//! its event loop runs late, see [`crate::overload`]), slowness reports are ignored: we never
+//! blame a peer for our own failure.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::Hash;
@@ -57,7 +57,7 @@ pub const MAX_IP_BANS: usize = 4_096;
 pub enum Severity {
     /// Proof of malice or a broken peer: ban at once.
     Fatal,
-    /// Almost certainly malicious (an invalid signature).
+    /// Almost certainly malicious (headers that fail validation, a wrong AI solution).
     High,
     /// Wrong but possibly honest (a body relayed in good faith, a malformed reply).
     Medium,
@@ -207,8 +207,10 @@ impl Default for ReputationConfig {
             half_life_ms: 10 * 60 * 1000,
             // One minute: a burst of timeouts under load is forgotten as soon as it ends.
             slowness_half_life_ms: 60 * 1000,
-            // 30 timeouts (-2 each) within a few seconds, with nothing useful delivered: it may
-            // reconnect once it has halved back above -50, about 15 s later.
+            // 25 slowness reports (-2 each) close together with nothing useful delivered cross
+            // -50; the relay blames a peer at most once per request timeout, so that is about
+            // 30 s of continuous timeouts. It may reconnect once it has decayed back above -50,
+            // about 15 s later.
             slowness_floor: -60.0,
             disconnect_below: -50.0,
             ban_below: -90.0,
@@ -304,7 +306,7 @@ impl<P: PeerKey + Hash> Reputation<P> {
             if let Some(oldest) = self
                 .peers
                 .iter()
-                .min_by_key(|(_, e)| e.updated)
+                .min_by_key(|(k, e)| (e.updated.max(e.slow_updated), **k))
                 .map(|(k, _)| *k)
             {
                 self.peers.remove(&oldest);

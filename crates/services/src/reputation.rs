@@ -16,8 +16,8 @@
 //!
 //! The lag probe is the local-fault guard's input: a timer of this task that fires late means
 //! the runtime (or the whole machine) is too busy to read answers in time, and then the
-//! slowness reports of that period are ours, not our peers'. It runs in this task, behind its
-//! commands, so a backlog of reports counts as lag too.
+//! slowness reports of that period are ours, not our peers'. It does not see the relay owner's
+//! own thread: an owner stalled alone (a long import) is not detected yet.
 //!
 //! Time is wall-clock milliseconds ([`TimestampMs`]) because bans outlive the process.
 
@@ -342,6 +342,12 @@ impl Owner {
         loop {
             tokio::select! {
                 biased;
+                // First: behind a steady stream of reports the probe would never run, and the
+                // guard would come on only after the backlog had been blamed on peers.
+                due = probe.tick() => {
+                    let now = tokio::time::Instant::now();
+                    self.on_lag(now.into_std(), now.saturating_duration_since(due));
+                }
                 command = commands.recv() => match command {
                     Some(Command::Shutdown(reply)) => {
                         self.persist(TimestampMs::now());
@@ -365,10 +371,6 @@ impl Owner {
                     }
                 },
                 _ = refresh.tick() => self.refresh().await,
-                due = probe.tick() => {
-                    let now = tokio::time::Instant::now();
-                    self.on_lag(now.into_std(), now.saturating_duration_since(due));
-                }
             }
         }
     }

@@ -9,9 +9,11 @@ pub const BLOCK_REQUEST_COST: f64 = 100.0;
 /// How an item kind spreads.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Strategy {
-    /// Push the full item to every peer not known to have it.
+    /// Push the full item to every peer not known to have it (for transactions: every peer of
+    /// the relay set, see [`PropagationConfig::max_relay_peers`]).
     Flood,
-    /// Push the full item to `fanout` peers and announce its id to the rest, who request it.
+    /// Push the full item to `fanout` peers and announce its id to the rest, who request it
+    /// (for transactions, of the relay set).
     Gossip,
     /// Send only to peers with the item's capability, within a hop budget.
     Directed,
@@ -20,7 +22,7 @@ pub enum Strategy {
 /// How many peers get a gossiped item pushed in full.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Fanout {
-    /// ⌈√peers⌉, as geth does for transactions.
+    /// ⌈√peers⌉ (of the relay set, for transactions), as geth does for transactions.
     Sqrt,
     /// This fraction of the peers (rounded up).
     Fraction(f64),
@@ -60,10 +62,14 @@ pub struct PropagationConfig {
     /// Most peers in the relay set: the peers we push transactions (pushes and announcements)
     /// and blocks relayed from others to, however many we are connected to. Our own blocks,
     /// AI messages and answers to requests still go to every peer. A node's cost per item is
-    /// then bounded by this, not by its connection count (as Bitcoin Core keeps most of its
-    /// peers block-relay-only and pushes compact blocks to a few). Every node picks its own
-    /// set, a uniform sample of its peers, so each node also hears of items from about this
-    /// many peers, and the union of the sets connects the network.
+    /// then bounded by this, not by its connection count (Bitcoin Core pushes compact blocks to
+    /// a few peers and keeps some connections block-relay-only; it still announces
+    /// transactions to every full-relay peer, with a trickle). Every node picks its own set, a
+    /// uniform sample of its peers, so a node hears of items from this many peers on average,
+    /// but from none if no peer picked it: a node with few links to well-connected peers (8
+    /// links to peers with 50 each: (42/50)^8, about a quarter of such nodes) then gets
+    /// transactions only in blocks, and blocks from their producers or from sync. Letting the
+    /// receiver ask its peers to relay to it (BIP152's high-bandwidth mode) closes that gap.
     pub max_relay_peers: usize,
     /// Ids remembered to drop duplicates.
     pub duplicate_cache_size: usize,

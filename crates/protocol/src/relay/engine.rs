@@ -6,8 +6,8 @@
 //! [`RelayEngine::handle_timeout`] at [`RelayEngine::poll_timeout`].
 //!
 //! Blocks are relayed before they are imported (BIP152's high-bandwidth mode): a compact block
-//! whose header checks out (linkage, producer, signature) is queued to every peer that lacks it
-//! at once, and its body's rebuild from the mempool and its import (the transactions'
+//! whose header checks out (linkage, producer, signature) is queued at once to the peers of the
+//! relay set that lack it (every peer, for our own block), and its body's rebuild from the mempool and its import (the transactions'
 //! signatures, the store commit) are left pending.
 //! An adapter that cares about latency uses the two-phase calls
 //! [`RelayEngine::handle_message_deferred`] / [`RelayEngine::propagate_new_block`], sends what

@@ -66,8 +66,8 @@ fn sip24(key: &[u8; 32], data: &[u8]) -> u64 {
 }
 
 /// Length of a transaction announcement's short id, in bytes. Announcements are most of what a
-/// relayed transaction costs beyond its one copy per node (every node tells each peer that lacks
-/// it), so the id is as short as collisions allow: 4 bytes salted by the receiver (see
+/// relayed transaction costs beyond its one copy per node (every node tells each peer of its
+/// relay set that lacks it), so the id is as short as collisions allow: 4 bytes salted by the receiver (see
 /// [`TxSalt`]). A receiver that remembers 10,000 ids takes a new id for a known one with
 /// probability about 10^4 / 2^32 ≈ 2·10^-6; that transaction then reaches it later (in a block
 /// or through another announcement after the id leaves its cache), never a wrong one.

@@ -568,21 +568,27 @@ async fn a_thousand_junk_messages_do_not_delay_another_peers_requests() {
     // The announcements it never honoured time out and cost it, as slowness: one offence per
     // request timeout however many time out together, never a ban (not honouring an
     // announcement proves nothing; the waits it caused are bounded by MAX_WANTED).
+    // What reputation makes of it depends on the local-overload guard (a loaded CI machine may
+    // have it on): the engine's offences are what the test counts.
     let junker_id = junker.peer_id();
-    let this = &node;
-    node.wait_for(WAIT, "the junk sender's first timeout", || async move {
-        this.reputation
-            .standing(junker_id)
-            .await
-            .is_ok_and(|s| !s.log.is_empty())
-    })
-    .await;
+    let deadline = Instant::now() + WAIT;
+    let mut events = Vec::new();
+    while !events.iter().any(|e| {
+        *e == RelayServiceEvent::Offence {
+            peer: junker_id,
+            reason: Reason::Relay(Offence::RequestTimeout),
+        }
+    }) {
+        assert!(Instant::now() < deadline, "no timeout for the junk sender");
+        tokio::time::sleep(JUNK_REQUEST_TIMEOUT / 10).await;
+        events.extend(node.node.take_events());
+    }
     let standing = node
         .reputation
         .standing(junker_id)
         .await
         .expect("reputation");
-    assert!(standing.score < 0.0 && !standing.banned, "{standing:?}");
+    assert!(standing.score <= 0.0 && !standing.banned, "{standing:?}");
     assert!(
         standing
             .log
@@ -590,9 +596,8 @@ async fn a_thousand_junk_messages_do_not_delay_another_peers_requests() {
             .all(|e| e.reason == Reason::Relay(Offence::RequestTimeout)),
         "only the unhonoured announcements cost it: {standing:?}"
     );
-    let timeouts = node
-        .node
-        .take_events()
+    events.extend(node.node.take_events());
+    let timeouts = events
         .iter()
         .filter(|e| {
             **e == RelayServiceEvent::Offence {
