@@ -425,12 +425,14 @@ async fn produce(
 /// Submits `tps` signed transfers per second from a throw-away devnet key, through the relay.
 async fn generate_load(relay: RelayHandle, tps: u32) {
     let sender = Keypair::generate();
-    let per_tick = (tps as u64 * LOAD_TICK.as_millis() as u64 / 1_000).max(1);
     let mut nonce = 0u64;
     let mut tick = tokio::time::interval(LOAD_TICK);
+    // Late ticks are not made up: a node too busy to keep its rate does not burst.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut pacer = Pacer::new(tps, LOAD_TICK);
     loop {
         tick.tick().await;
-        for _ in 0..per_tick {
+        for _ in 0..pacer.due() {
             let tx = UnsignedTransaction {
                 from: sender.public(),
                 to: Address([0x11; 20]),
@@ -445,6 +447,32 @@ async fn generate_load(relay: RelayHandle, tps: u32) {
                 tracing::debug!(error = %e, "load tx refused");
             }
         }
+    }
+}
+
+/// How many transactions each load tick sends for a rate of `tps`, carrying the fraction a tick
+/// owes: 2 tx/s is one transaction every fifth 100 ms tick, not one a tick (10 tx/s).
+#[derive(Debug)]
+struct Pacer {
+    per_tick: f64,
+    owed: f64,
+}
+
+impl Pacer {
+    fn new(tps: u32, tick: Duration) -> Self {
+        Pacer {
+            per_tick: f64::from(tps) * tick.as_secs_f64(),
+            owed: 0.0,
+        }
+    }
+
+    /// Transactions due at this tick.
+    fn due(&mut self) -> u64 {
+        self.owed += self.per_tick;
+        let due = self.owed.floor();
+        self.owed -= due;
+        // At most `tps` per tick (u32 range, a whole number): the cast is exact.
+        due as u64
     }
 }
 
@@ -600,6 +628,21 @@ async fn status_lines(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_load_pacer_keeps_fractional_rates() {
+        for (tps, ticks, want) in [
+            (2, 50, 10),
+            (3, 100, 30),
+            (100, 10, 100),
+            (0, 10, 0),
+            (1, 9, 0),
+        ] {
+            let mut pacer = Pacer::new(tps, LOAD_TICK);
+            let sent: u64 = (0..ticks).map(|_| pacer.due()).sum();
+            assert_eq!(sent, want, "{tps} tx/s over {ticks} ticks");
+        }
+    }
 
     #[test]
     fn short_hashes_are_the_first_eight_hex_chars() {
