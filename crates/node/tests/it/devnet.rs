@@ -107,6 +107,26 @@ fn the_devnet_command_runs_connected_nodes_and_the_dashboard_shows_them() {
         }
     }
 
+    // The dashboard's delay histogram shows blocks node 0 received from the others: wait until
+    // it has one (the mesh can form before the first block from a peer arrives).
+    let api0 = nodes[0]["api"].as_str().expect("api");
+    loop {
+        let (_, metrics) = crate::http(api0, "GET", "/metrics", None);
+        let received = metrics.lines().any(|l| {
+            l.strip_prefix("playergold_propagation_delay_seconds_count{kind=\"block\"} ")
+                .and_then(|v| v.parse::<f64>().ok())
+                .is_some_and(|n| n >= 1.0)
+        });
+        if received {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 0 received no block from a peer"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
     let profile = dir.path().join("chromium-profile");
     let dom = headless(&dashboard, &profile, &["--dump-dom"]);
     let rows = attr_values(&dom, "data-peer-id");
