@@ -179,7 +179,7 @@ pub enum Action {
 }
 
 /// Reputation settings.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ReputationConfig {
     /// Half-life of the conduct part of scores, in ms.
     pub half_life_ms: u64,
@@ -242,6 +242,24 @@ struct Entry {
     ip: Option<IpAddr>,
 }
 
+impl Entry {
+    /// The conduct part, decayed to `now`.
+    fn conduct(&self, now: TimestampMs, config: &ReputationConfig) -> f64 {
+        decay(self.score, self.updated, now, config.half_life_ms)
+    }
+
+    /// The score: conduct plus slowness, each decayed to `now`.
+    fn total(&self, now: TimestampMs, config: &ReputationConfig) -> f64 {
+        let slowness = decay(
+            self.slowness,
+            self.slow_updated,
+            now,
+            config.slowness_half_life_ms,
+        );
+        (self.conduct(now, config) + slowness).clamp(MIN_SCORE, MAX_SCORE)
+    }
+}
+
 /// The reputation table.
 #[derive(Debug)]
 pub struct Reputation<P: PeerKey> {
@@ -285,21 +303,6 @@ impl<P: PeerKey + Hash> Reputation<P> {
         self.entry(peer, now).ip = Some(ip);
     }
 
-    fn decayed(&self, score: f64, from: TimestampMs, now: TimestampMs) -> f64 {
-        decay(score, from, now, self.config.half_life_ms)
-    }
-
-    /// The current score of an entry: conduct plus slowness, each decayed to `now`.
-    fn total(&self, e: &Entry, now: TimestampMs) -> f64 {
-        let slowness = decay(
-            e.slowness,
-            e.slow_updated,
-            now,
-            self.config.slowness_half_life_ms,
-        );
-        (self.decayed(e.score, e.updated, now) + slowness).clamp(MIN_SCORE, MAX_SCORE)
-    }
-
     fn entry(&mut self, peer: P, now: TimestampMs) -> &mut Entry {
         if !self.peers.contains_key(&peer) && self.peers.len() >= MAX_TRACKED_PEERS {
             // Forget the stalest entry; bans are kept separately, so nothing punitive is lost.
@@ -324,14 +327,16 @@ impl<P: PeerKey + Hash> Reputation<P> {
 
     /// The current (decayed) score, conduct plus slowness; 0 for an unknown peer.
     pub fn score(&self, peer: &P, now: TimestampMs) -> f64 {
-        self.peers.get(peer).map_or(0.0, |e| self.total(e, now))
+        self.peers
+            .get(peer)
+            .map_or(0.0, |e| e.total(now, &self.config))
     }
 
     /// The current (decayed) conduct part alone: what bans look at.
     pub fn conduct(&self, peer: &P, now: TimestampMs) -> f64 {
         self.peers
             .get(peer)
-            .map_or(0.0, |e| self.decayed(e.score, e.updated, now))
+            .map_or(0.0, |e| e.conduct(now, &self.config))
     }
 
     /// Every tracked peer's current (decayed) score.
@@ -339,7 +344,7 @@ impl<P: PeerKey + Hash> Reputation<P> {
         let mut out: Vec<(P, f64)> = self
             .peers
             .iter()
-            .map(|(p, e)| (*p, self.total(e, now)))
+            .map(|(p, e)| (*p, e.total(now, &self.config)))
             .collect();
         out.sort_by_key(|(p, _)| *p);
         out
@@ -360,26 +365,26 @@ impl<P: PeerKey + Hash> Reputation<P> {
             return Action::None;
         }
         let severity = reason.severity();
-        let conduct = self.conduct(&peer, now);
-        let slow_half_life = self.config.slowness_half_life_ms;
-        let floor = self.config.slowness_floor.min(0.0);
+        let config = self.config;
         let e = self.entry(peer, now);
         // The conduct part after this report; `None` for slowness, which never bans.
         let conduct = if slowness {
-            let decayed = decay(e.slowness, e.slow_updated, now, slow_half_life);
-            e.slowness = (decayed + severity.delta()).clamp(floor, 0.0);
+            let decayed = decay(
+                e.slowness,
+                e.slow_updated,
+                now,
+                config.slowness_half_life_ms,
+            );
+            e.slowness = (decayed + severity.delta()).clamp(config.slowness_floor.min(0.0), 0.0);
             e.slow_updated = now;
             None
         } else {
-            e.score = (conduct + severity.delta()).clamp(MIN_SCORE, MAX_SCORE);
+            e.score = (e.conduct(now, &config) + severity.delta()).clamp(MIN_SCORE, MAX_SCORE);
             e.updated = now;
             Some(e.score)
         };
+        let score = e.total(now, &config);
         let ip = e.ip;
-        let score = self.score(&peer, now);
-        let Some(e) = self.peers.get_mut(&peer) else {
-            return Action::None;
-        };
         if e.log.len() >= REASON_LOG_LEN {
             e.log.pop_front();
         }
@@ -525,7 +530,7 @@ impl<P: PeerKey + Hash> Reputation<P> {
     pub fn distribution(&self, now: TimestampMs) -> [usize; 5] {
         let mut out = [0; 5];
         for e in self.peers.values() {
-            let s = self.total(e, now);
+            let s = e.total(now, &self.config);
             let i = match s {
                 s if s <= -50.0 => 0,
                 s if s <= -10.0 => 1,
@@ -614,7 +619,7 @@ mod tests {
             Reason::RateLimited,
         ];
         let config = ReputationConfig::default();
-        let mut rep: Reputation<u8> = Reputation::new(config.clone());
+        let mut rep: Reputation<u8> = Reputation::new(config);
         let mut disconnects = 0;
         // 200 reports a second (a burst of one a millisecond every 5 ms) for an hour.
         for i in 0..720_000u64 {
