@@ -7,8 +7,8 @@
 //!
 //! Blocks are relayed before they are imported (BIP152's high-bandwidth mode): a compact block
 //! whose header checks out (linkage, producer, signature) is queued at once to the peers of the
-//! relay set that lack it (every peer, for our own block), and its body's rebuild from the mempool and its import (the transactions'
-//! signatures, the store commit) are left pending.
+//! relay set that lack it (every peer, for our own block), and its body's rebuild from the
+//! mempool and its import (the transactions' signatures, the store commit) are left pending.
 //! An adapter that cares about latency uses the two-phase calls
 //! [`RelayEngine::handle_message_deferred`] / [`RelayEngine::propagate_new_block`], sends what
 //! [`RelayEngine::poll_transmit`] gives, and only then calls
@@ -591,12 +591,13 @@ impl<P: PeerKey> RelayEngine<P> {
         });
     }
 
-    /// The relay set, in order.
-    fn relay_peers(&self) -> Vec<P> {
+    /// The peers in (`true`) or out of (`false`) the relay set, in order, so that the random
+    /// choices among them do not depend on the map's order.
+    fn relay_members(&self, in_set: bool) -> Vec<P> {
         let mut out: Vec<P> = self
             .peers
             .iter()
-            .filter(|(_, p)| p.relay)
+            .filter(|(_, p)| p.relay == in_set)
             .map(|(k, _)| *k)
             .collect();
         out.sort();
@@ -609,7 +610,7 @@ impl<P: PeerKey> RelayEngine<P> {
     /// node meets first (a bootstrap node) do not end up in everyone's set.
     fn join_relay_set(&mut self) -> bool {
         let max = self.config.max_relay_peers;
-        let members = self.relay_peers();
+        let members = self.relay_members(true);
         if members.len() < max {
             return true;
         }
@@ -641,14 +642,8 @@ impl<P: PeerKey> RelayEngine<P> {
         let was_relay = self.peers.remove(peer).is_some_and(|p| p.relay);
         if was_relay {
             // Fill its place in the relay set with a random other peer.
-            let mut others: Vec<P> = self
-                .peers
-                .iter()
-                .filter(|(_, p)| !p.relay)
-                .map(|(k, _)| *k)
-                .collect();
-            others.sort();
-            if let Some(p) = others
+            if let Some(p) = self
+                .relay_members(false)
                 .choose(&mut self.rng)
                 .and_then(|k| self.peers.get_mut(k))
             {
@@ -2067,7 +2062,7 @@ impl<P: PeerKey> RelayEngine<P> {
         let id = tx.id();
         let item = InvItem::Tx(id);
         let mut targets = self.eligible(item, from);
-        targets.retain(|k| self.peers.get(k).is_some_and(|p| p.relay));
+        targets.retain(|k| self.in_relay_set(k));
         let push = match self.config.tx_strategy {
             Strategy::Gossip if from.is_some() && !self.config.push_relayed_txs => 0,
             Strategy::Gossip => {
@@ -2161,7 +2156,7 @@ impl<P: PeerKey> RelayEngine<P> {
         let compact = RelayMessage::CompactBlock(cb.clone());
         let mut targets = self.eligible(item, from);
         if from.is_some() {
-            targets.retain(|k| self.peers.get(k).is_some_and(|p| p.relay));
+            targets.retain(|k| self.in_relay_set(k));
         }
         for peer in targets {
             self.mark_known(&peer, item);
