@@ -446,14 +446,11 @@ impl Owner {
     /// One lag sample of the probe: the guard follows the detector (or the forced setting).
     fn on_lag(&mut self, now: std::time::Instant, lag: Duration) {
         match self.detector.observe(now, lag) {
-            Some(true) => {
-                self.overload.episodes.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(
-                    lag_ms = lag.as_millis() as u64,
-                    "this node is overloaded (its event loop runs late): peers are not blamed \
-                     for slowness until it catches up"
-                );
-            }
+            Some(true) => tracing::info!(
+                lag_ms = lag.as_millis() as u64,
+                "this node is overloaded (its event loop runs late): peers are not blamed for \
+                 slowness until it catches up"
+            ),
             Some(false) => tracing::info!("this node caught up: slowness counts again"),
             None => return,
         }
@@ -464,6 +461,9 @@ impl Owner {
         let on = self.forced_overload || self.detector.is_overloaded();
         self.table.set_local_overload(on);
         self.overload.on.store(on, Ordering::Relaxed);
+        self.overload
+            .episodes
+            .store(self.detector.episodes(), Ordering::Relaxed);
     }
 
     async fn act(&mut self, peer: PeerId, reason: Reason, action: Action, now: TimestampMs) {
