@@ -39,8 +39,9 @@ use tokio::time::{Instant, MissedTickBehavior};
 pub use api::ApiError;
 pub use report::{NodeSummary, Phase, Report, Sample};
 
+use crate::procfs::{clock_ticks_per_sec, cpu_ticks, rss_kib};
 use api::{NodeApi, REQUEST_TIMEOUT, Status};
-use devnet::{Devnet, clock_ticks_per_sec, cpu_ticks, rss_kib};
+use devnet::Devnet;
 use inclusion::Inclusion;
 use load::LoadOutcome;
 use report::{MetricsDelta, delay_quantile_ms, median, observations};

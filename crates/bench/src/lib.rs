@@ -24,6 +24,7 @@ pub mod hops;
 pub mod links;
 pub mod ours;
 pub mod overlay;
+mod procfs;
 pub mod prom;
 pub mod propagation;
 pub mod recorder;

@@ -648,16 +648,10 @@ impl CpuClock {
     }
 }
 
-/// User + system CPU seconds of this process from `/proc/self/stat` (fields 14 and 15, in clock
-/// ticks of 1/100 s, the value of `CLK_TCK` on every Linux platform Rust targets by default).
+/// User + system CPU seconds of this process, in clock ticks of 1/100 s (the value of
+/// `CLK_TCK` on every Linux platform Rust targets by default).
 fn process_cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // The command name (field 2) may hold spaces; the fields after its closing parenthesis are
-    // plain numbers, starting with field 3.
-    let rest = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i)?.parse::<f64>().ok();
-    Some((ticks(11)? + ticks(12)?) / 100.0)
+    crate::procfs::cpu_ticks(std::process::id()).map(|ticks| ticks as f64 / 100.0)
 }
 
 /// The 1-minute load average from `/proc/loadavg` (NaN where unavailable).
